@@ -1,0 +1,86 @@
+"""Fixtures: a real SMTP server, settings pointing at it, and a running app."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import trio
+
+from trimail.app import TrimailApp, create_app
+from trimail.config import Settings
+from trimail.jobs import Outcome
+
+from .smtpserver import SMTPTestServer
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[SMTPTestServer]:
+    server = SMTPTestServer(enable_SMTPUTF8=True)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A loopback port with nothing listening: the provider is down."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def settings_for(server: SMTPTestServer | None = None, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "smtp_host": "127.0.0.1",
+        "smtp_port": server.port if server else 25,
+        "smtp_security": "none",
+        "smtp_timeout": 5,
+        "workers": 2,
+        "queue_size": 100,
+        "shutdown_grace": 5,
+        "retry_base_delay": 1,
+        "default_from": "trimail tests <tests@example.com>",
+    }
+    values.update(overrides)
+    return Settings.model_validate(values)
+
+
+@pytest.fixture
+async def running_app(smtp_server: SMTPTestServer) -> AsyncIterator[TrimailApp]:
+    """The app with its real startup and shutdown, delivering to ``smtp_server``."""
+    app = create_app(settings_for(smtp_server), setup_logging=False)
+    async with app.test_app():
+        yield app
+
+
+def final_lines(caplog: pytest.LogCaptureFixture) -> dict[str, list[str]]:
+    """Each job id's final log lines (there must be exactly one per job)."""
+    finals: dict[str, list[str]] = {}
+    for record in caplog.records:
+        if getattr(record, "event", None) == "final":
+            finals.setdefault(record.job_id, []).append(record.outcome)  # type: ignore[attr-defined]
+    return finals
+
+
+async def wait_until(predicate: Any, timeout: float = 10.0) -> None:
+    """Poll ``predicate`` every 5 ms of real time, at most ``timeout`` real seconds."""
+    for _ in range(int(timeout / 0.005)):
+        if predicate():
+            return
+        await trio.to_thread.run_sync(time.sleep, 0.005)
+    raise AssertionError("condition not reached in time")
+
+
+@pytest.fixture(autouse=True)
+def _capture_info(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="trimail")
+
+
+__all__ = ["Outcome", "final_lines", "settings_for", "wait_until"]

@@ -1,0 +1,247 @@
+"""``trimail serve`` as a separate process, spoken to over real HTTP.
+
+Each test starts the process on port 0, reads the bound address from its log,
+and stops it with a signal by PID; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from .smtpserver import SMTPTestServer
+
+MAIL = {"from": "svc@example.com", "to": "user@example.com", "subject": "Hi", "text": "Hello"}
+STARTUP_SECONDS = 30
+
+
+class Service:
+    """A server process with its output in a file; TRIMAIL_* comes from ``env`` only."""
+
+    def __init__(self, command: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("TRIMAIL_")}
+        clean.update(env or {})
+        self.log_path = log
+        self._log = log.open("wb")
+        self.process = subprocess.Popen(command, stdout=self._log, stderr=self._log, env=clean)
+        self.url = ""
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def wait_ready(self) -> str:
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while time.monotonic() < deadline:
+            found = re.search(r"Running on (http://[\d.:]+)", self.log())
+            if found:
+                self.url = found.group(1)
+                return self.url
+            if self.process.poll() is not None:
+                raise AssertionError(f"trimail exited early:\n{self.log()}")
+            time.sleep(0.02)
+        raise AssertionError(f"trimail did not start:\n{self.log()}")
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float = 30) -> int:
+        try:
+            return self.process.wait(timeout)
+        finally:
+            self._log.close()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self._log.close()
+
+
+@pytest.fixture
+def services() -> Iterator[list[Service]]:
+    started: list[Service] = []
+    yield started
+    for service in started:
+        service.stop()
+
+
+def start(services: list[Service], tmp_path: Path, *args: str, **kwargs: Any) -> Service:
+    """Start ``trimail serve ARGS``."""
+    return start_command(services, tmp_path, ["-m", "trimail", "serve", *args], **kwargs)
+
+
+def start_command(
+    services: list[Service], tmp_path: Path, args: list[str], **kwargs: Any
+) -> Service:
+    service = Service([sys.executable, *args], tmp_path / f"server-{len(services)}.log", **kwargs)
+    services.append(service)
+    return service
+
+
+def wait_for(predicate: Any, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.01)
+
+
+def final_outcomes(log: str) -> dict[str, list[str]]:
+    outcomes: dict[str, list[str]] = {}
+    for job_id, outcome in re.findall(r"job ([0-9a-f]{32}) (sent|failed|not delivered)", log):
+        outcomes.setdefault(job_id, []).append(outcome)
+    return outcomes
+
+
+def test_serve_accepts_while_provider_stalls_then_drains_on_sigterm(
+    services: list[Service], tmp_path: Path, smtp_server: SMTPTestServer
+) -> None:
+    """Real HTTP: 202s while the provider holds a mail; 503 during the drain; exit 0; all sent."""
+    service = start(
+        services,
+        tmp_path,
+        "--port",
+        "0",
+        "--smtp-host",
+        "127.0.0.1",
+        "--smtp-port",
+        str(smtp_server.port),
+        "--smtp-security",
+        "none",
+        "--workers",
+        "2",
+    )
+    url = service.wait_ready()
+    smtp_server.hold()
+    with httpx.Client(base_url=url, timeout=10) as client:
+        first = client.post("/email/send", json=MAIL)
+        wait_for(lambda: smtp_server.holding)
+        second = client.post("/email/send", json=MAIL)
+        assert smtp_server.holding
+        assert smtp_server.received == []
+        assert (first.status_code, second.status_code) == (202, 202)
+        ids = {first.json()["id"], second.json()["id"]}
+
+        service.signal(signal.SIGTERM)
+        wait_for(lambda: "finishing accepted jobs" in service.log())
+        refused = client.post("/email/send", json=MAIL)
+        assert refused.status_code == 503
+        assert refused.json()["error"]["code"] == "shutting_down"
+        assert "Retry-After" in refused.headers
+        assert client.get("/healthz").json()["status"] == "shutting_down"
+    smtp_server.release()
+    assert service.wait() == 0
+    assert final_outcomes(service.log()) == {job_id: ["sent"] for job_id in ids}
+    assert len(smtp_server.received) == 2
+
+
+def test_grace_expiry_logs_not_delivered_and_exits_zero(
+    services: list[Service], tmp_path: Path, smtp_server: SMTPTestServer
+) -> None:
+    """A provider that never answers: after the grace the job is logged not delivered, exit 0."""
+    service = start(
+        services,
+        tmp_path,
+        "--port",
+        "0",
+        "--smtp-port",
+        str(smtp_server.port),
+        "--smtp-host",
+        "127.0.0.1",
+        "--smtp-security",
+        "none",
+        "--shutdown-grace",
+        "0.5",
+    )
+    url = service.wait_ready()
+    smtp_server.hold("RCPT")
+    job_id = httpx.post(f"{url}/email/send", json=MAIL, timeout=10).json()["id"]
+    wait_for(lambda: smtp_server.holding)
+    service.signal(signal.SIGINT)
+    assert service.wait() == 0
+    assert final_outcomes(service.log()) == {job_id: ["not delivered"]}
+    smtp_server.release()
+    assert smtp_server.received == []
+
+
+def test_dev_mode_writes_eml_files(services: list[Service], tmp_path: Path) -> None:
+    """--dev delivers through a real local SMTP sink into .eml files; Bcc only in the envelope."""
+    outbox = tmp_path / "outbox"
+    service = start(services, tmp_path, "--dev", "--outbox", str(outbox), "--port", "0")
+    url = service.wait_ready()
+    answer = httpx.post(f"{url}/email/send", json={**MAIL, "bcc": "hidden@example.com"}, timeout=10)
+    assert answer.status_code == 202
+    wait_for(lambda: list(outbox.glob("*.eml")))
+    [eml] = outbox.glob("*.eml")
+    text = eml.read_text()
+    _, _, message = text.partition("X-Envelope-To: ")
+    assert "hidden@example.com" in message.splitlines()[0]
+    assert "hidden@example.com" not in message.split("\n", 1)[1]
+    assert f"Message-ID: <{answer.json()['id']}@example.com>" in text
+    service.signal(signal.SIGINT)
+    assert service.wait() == 0
+
+
+def test_idle_service_stops_promptly(services: list[Service], tmp_path: Path) -> None:
+    """An idle service exits 0 on SIGTERM without waiting out the grace period."""
+    service = start(
+        services,
+        tmp_path,
+        "--dev",
+        "--outbox",
+        str(tmp_path / "o"),
+        "--port",
+        "0",
+        "--shutdown-grace",
+        "600",
+    )
+    service.wait_ready()
+    service.signal(signal.SIGTERM)
+    assert service.wait(timeout=60) == 0  # far below the 600 s grace
+    assert "stopped" in service.log()
+
+
+def test_refuses_public_bind_without_keys(services: list[Service], tmp_path: Path) -> None:
+    """Binding beyond loopback without API keys is refused with a clear message."""
+    service = start(services, tmp_path, "--host", "0.0.0.0", "--port", "0")
+    assert service.wait() == 2
+    assert "TRIMAIL_API_KEYS" in service.log()
+
+
+def test_refuses_unknown_setting(services: list[Service], tmp_path: Path) -> None:
+    """A misspelt TRIMAIL_ variable stops the service at start."""
+    service = start(services, tmp_path, "--port", "0", env={"TRIMAIL_SMTP_HOSTNAME": "x"})
+    assert service.wait() == 2
+    assert "unknown setting(s) TRIMAIL_SMTP_HOSTNAME" in service.log()
+
+
+def test_plain_hypercorn_hosts_the_same_app_and_drains(
+    services: list[Service], tmp_path: Path, smtp_server: SMTPTestServer
+) -> None:
+    """hypercorn 'trimail.app:create_app()' reads TRIMAIL_* and drains in lifespan shutdown."""
+    env = {
+        "TRIMAIL_SMTP_HOST": "127.0.0.1",
+        "TRIMAIL_SMTP_PORT": str(smtp_server.port),
+        "TRIMAIL_SMTP_SECURITY": "none",
+    }
+    command = ["-m", "hypercorn", "--worker-class", "trio", "--bind", "127.0.0.1:0"]
+    service = start_command(services, tmp_path, [*command, "trimail.app:create_app()"], env=env)
+    url = service.wait_ready()
+    smtp_server.hold()
+    job_id = httpx.post(f"{url}/email/send", json=MAIL, timeout=10).json()["id"]
+    wait_for(lambda: smtp_server.holding)
+    service.signal(signal.SIGTERM)
+    wait_for(lambda: "shutting down: 1 job(s) outstanding" in service.log())
+    smtp_server.release()
+    assert service.wait() == 0
+    assert final_outcomes(service.log()) == {job_id: ["sent"]}

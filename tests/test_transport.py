@@ -1,0 +1,182 @@
+"""The SMTP transport against a real SMTP server (aiosmtpd), no mocks."""
+
+from __future__ import annotations
+
+import smtplib
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from trimail.config import SMTPSecurity
+from trimail.errors import PermanentDeliveryError
+from trimail.message import Envelope, build_envelope
+from trimail.models import SendRequest
+from trimail.transport import SMTPTransport
+
+from .smtpserver import SMTPTestServer
+
+
+def envelope(**changes: Any) -> Envelope:
+    body: dict[str, Any] = {
+        "from": "sender@example.com",
+        "to": ["a@example.com", "b@example.com"],
+        "subject": "Hi",
+        "text": "Body",
+    }
+    body.update(changes)
+    return build_envelope(SendRequest.model_validate(body), "job")
+
+
+def transport(server: SMTPTestServer | int, **kwargs: Any) -> SMTPTransport:
+    port = server if isinstance(server, int) else server.port
+    kwargs.setdefault("security", SMTPSecurity.NONE)
+    return SMTPTransport("127.0.0.1", port, timeout=5, **kwargs)
+
+
+def test_delivers_to_every_recipient(smtp_server: SMTPTestServer) -> None:
+    """A plain send reaches the server with the right envelope and bytes."""
+    sent = envelope()
+    result = transport(smtp_server).send(sent)
+    assert result.accepted == ("a@example.com", "b@example.com")
+    assert result.refused == {}
+    [received] = smtp_server.received
+    assert received.mail_from == "sender@example.com"
+    assert received.rcpt_tos == ["a@example.com", "b@example.com"]
+    assert received.message["Subject"] == "Hi"
+
+
+def test_connection_is_reused(smtp_server: SMTPTestServer) -> None:
+    """Three sends in a row use one SMTP session."""
+    smtp = transport(smtp_server)
+    for _ in range(3):
+        smtp.send(envelope())
+    assert len(smtp_server.received) == 3
+    assert smtp_server.sessions == 1
+
+
+def test_idle_connection_closed_by_server_is_reopened() -> None:
+    """A connection the server closed after its idle timeout is reopened within the same send."""
+    server = SMTPTestServer(timeout=0.2)  # aiosmtpd hangs up after 0.2 s of silence
+    server.start()
+    try:
+        smtp = transport(server)
+        smtp.send(envelope())
+        time.sleep(0.5)  # a real-time wait for the server's own timer, not an assertion
+        smtp.send(envelope())
+        assert len(server.received) == 2
+        assert server.sessions == 2
+    finally:
+        server.stop()
+
+
+def test_421_on_reuse_reconnects(smtp_server: SMTPTestServer) -> None:
+    """A 421 to MAIL on a reused connection means 'idle timeout': reconnect, do not fail."""
+    smtp = transport(smtp_server)
+    smtp.send(envelope())
+    smtp_server.fail("MAIL", "421 4.4.2 idle too long")
+    smtp.send(envelope())
+    assert len(smtp_server.received) == 2
+
+
+def test_421_on_a_fresh_connection_is_an_error(smtp_server: SMTPTestServer) -> None:
+    """On a new connection a 421 is a real failure, raised for the caller to classify."""
+    smtp_server.fail("MAIL", "421 4.3.2 shutting down")
+    with pytest.raises(smtplib.SMTPSenderRefused) as info:
+        transport(smtp_server).send(envelope())
+    assert info.value.smtp_code == 421
+
+
+def test_some_recipients_refused(smtp_server: SMTPTestServer) -> None:
+    """Refused recipients are reported with their codes; the others get the mail."""
+    smtp_server.fail("RCPT", "550 5.1.1 no such user", match="b@")
+    result = transport(smtp_server).send(envelope())
+    assert result.accepted == ("a@example.com",)
+    assert result.refused == {"b@example.com": (550, "5.1.1 no such user")}
+    assert smtp_server.received[0].rcpt_tos == ["a@example.com"]
+
+
+def test_all_recipients_refused_sends_no_data(smtp_server: SMTPTestServer) -> None:
+    """With every recipient refused, DATA is never sent and the connection stays usable."""
+    smtp_server.fail("RCPT", "450 4.2.0 mailbox busy", times=2)
+    smtp = transport(smtp_server)
+    result = smtp.send(envelope())
+    assert result.accepted == ()
+    assert set(result.refused) == {"a@example.com", "b@example.com"}
+    assert smtp_server.received == []
+    smtp.send(envelope())
+    assert len(smtp_server.received) == 1
+    assert smtp_server.sessions == 1
+
+
+def test_data_rejection_raises_and_drops_the_connection(smtp_server: SMTPTestServer) -> None:
+    """A refused DATA raises SMTPDataError; the next send starts a fresh session."""
+    smtp_server.fail("DATA", "554 5.7.1 rejected as spam")
+    smtp = transport(smtp_server)
+    with pytest.raises(smtplib.SMTPDataError) as info:
+        smtp.send(envelope())
+    assert info.value.smtp_code == 554
+    smtp.send(envelope())
+    assert smtp_server.sessions == 2
+
+
+def test_provider_down_raises_connection_refused(closed_port: int) -> None:
+    """A refused connection surfaces as ConnectionRefusedError."""
+    with pytest.raises(ConnectionRefusedError):
+        transport(closed_port).send(envelope())
+
+
+def test_smtputf8_when_offered(smtp_server: SMTPTestServer) -> None:
+    """A non-ASCII local part is sent with SMTPUTF8 to a server that offers it."""
+    transport(smtp_server).send(envelope(to="jürgen@example.de"))
+    assert smtp_server.received[0].rcpt_tos == ["jürgen@example.de"]
+
+
+def test_smtputf8_refused_when_not_offered() -> None:
+    """Without SMTPUTF8 on the server, such a mail fails permanently and says why."""
+    server = SMTPTestServer(enable_SMTPUTF8=False)
+    server.start()
+    try:
+        with pytest.raises(PermanentDeliveryError, match="SMTPUTF8"):
+            transport(server).send(envelope(to="jürgen@example.de"))
+    finally:
+        server.stop()
+
+
+def test_starttls_required_but_not_offered(smtp_server: SMTPTestServer) -> None:
+    """security=starttls against a server without STARTTLS fails permanently."""
+    with pytest.raises(PermanentDeliveryError, match="STARTTLS"):
+        transport(smtp_server, security=SMTPSecurity.STARTTLS).send(envelope())
+
+
+def test_credentials_never_sent_in_plain_text_to_a_remote_host() -> None:
+    """AUTH over an unencrypted connection to a non-loopback host is refused."""
+    smtp = SMTPTransport("smtp.example.com", 25, username="u", password="p")
+    with pytest.raises(PermanentDeliveryError, match="unencrypted"):
+        smtp._login(smtplib.SMTP(), encrypted=False)
+
+
+def test_abort_unblocks_a_send_in_progress(smtp_server: SMTPTestServer) -> None:
+    """abort() from another thread ends a send the server is holding."""
+    smtp_server.hold()
+    smtp = transport(smtp_server)
+    outcome: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            smtp.send(envelope())
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    for _ in range(2000):
+        if smtp_server.holding:
+            break
+        threading.Event().wait(0.005)
+    assert smtp_server.holding
+    smtp.abort()
+    thread.join(timeout=5)
+    assert not thread.is_alive()
+    assert isinstance(outcome[0], (smtplib.SMTPServerDisconnected, OSError))

@@ -1,0 +1,117 @@
+"""``create_app()``: wires settings, the dispatcher and the routes into a Quart-Trio app.
+
+``hypercorn --worker-class trio 'trimail.app:create_app()'`` serves it with the
+settings read from ``TRIMAIL_*`` variables; ``trimail serve`` does the same and
+adds signal handling that keeps answering ``503 shutting_down`` during the drain.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from quart_trio import QuartTrio
+
+from .api import api
+from .config import Settings, load_settings
+from .dispatcher import Dispatcher
+from .logs import configure_logging
+from .retry import RetryPolicy
+from .transport import SMTPTransport, Transport, make_tls_context
+
+log = logging.getLogger("trimail.app")
+
+#: Seconds beyond the shutdown grace that quart-trio's and Hypercorn's shutdown
+#: deadlines allow, so that cutting connections and logging what was not
+#: delivered always fits inside them (a few ms in practice; 5 s is headroom).
+SHUTDOWN_MARGIN = 5.0
+
+
+class TrimailApp(QuartTrio):
+    """The Quart-Trio app, with the settings and the dispatcher it serves."""
+
+    settings: Settings
+    dispatcher: Dispatcher
+    api_keys: tuple[bytes, ...]
+    validation_context: dict[str, Any]
+
+
+def smtp_transport_factory(settings: Settings) -> Callable[[], Transport]:
+    """One :class:`SMTPTransport` per call, all sharing one TLS context."""
+    tls_context = make_tls_context(settings.smtp_ca_file)
+    password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
+
+    def factory() -> Transport:
+        return SMTPTransport(
+            settings.smtp_host,
+            settings.effective_smtp_port,
+            security=settings.smtp_security,
+            username=settings.smtp_username,
+            password=password,
+            timeout=settings.smtp_timeout,
+            tls_context=tls_context,
+        )
+
+    return factory
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    transport_factory: Callable[[], Transport] | None = None,
+    setup_logging: bool = True,
+) -> TrimailApp:
+    """Build the app; the dispatcher starts when it starts serving and drains when it stops.
+
+    ``settings`` default to the ``TRIMAIL_*`` environment; ``transport_factory``
+    to SMTP as configured (tests pass :class:`trimail.testing.MemoryTransport`).
+    """
+    settings = settings or load_settings()
+    if setup_logging:
+        configure_logging(settings.log_format, settings.log_level)
+    app = TrimailApp(__name__)
+    app.settings = settings
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    # quart-trio puts this deadline on the nursery that runs the dispatcher, and
+    # starts it before after_serving runs: it must outlast the drain.
+    app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = settings.shutdown_grace + SHUTDOWN_MARGIN
+    app.api_keys = tuple(key.get_secret_value().encode() for key in settings.api_keys)
+    app.validation_context = {
+        "default_from": settings.default_from,
+        "max_recipients": settings.max_recipients,
+    }
+    app.dispatcher = Dispatcher(
+        transport_factory or smtp_transport_factory(settings),
+        workers=settings.workers,
+        queue_size=settings.queue_size,
+        retry=RetryPolicy(
+            base_delay=settings.retry_base_delay,
+            max_delay=settings.retry_max_delay,
+            max_attempts=settings.max_attempts,
+        ),
+        grace=settings.shutdown_grace,
+    )
+    app.register_blueprint(api)
+
+    @app.before_serving
+    async def start_dispatcher() -> None:
+        if not settings.api_keys:
+            log.warning(
+                "no TRIMAIL_API_KEYS configured: requests are served only on loopback addresses"
+            )
+        await app.nursery.start(app.dispatcher.run)
+        log.info(
+            "delivering through %s:%d (security %s) with %d worker(s), queue of %d",
+            settings.smtp_host,
+            settings.effective_smtp_port,
+            settings.smtp_security.value,
+            settings.workers,
+            settings.queue_size,
+        )
+
+    @app.after_serving
+    async def drain_dispatcher() -> None:
+        await app.dispatcher.shutdown()
+
+    return app

@@ -1,0 +1,167 @@
+"""The one typed configuration object, read from ``TRIMAIL_*`` variables and flags.
+
+Unknown ``TRIMAIL_*`` variables are refused, not ignored: a misspelt
+``TRIMAIL_SMTP_HOSTNAME`` must stop the service, not send mail to localhost.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .errors import ConfigurationError
+
+ENV_PREFIX = "TRIMAIL_"
+
+#: Variables that the client side (``examples/``, scripts) reads; the service ignores them.
+CLIENT_ENV_VARS = frozenset({"TRIMAIL_URL", "TRIMAIL_API_KEY"})
+
+MiB = 1024 * 1024
+
+
+class SMTPSecurity(str, Enum):
+    """How the connection to the SMTP server is protected."""
+
+    AUTO = "auto"  # STARTTLS when the server offers it
+    STARTTLS = "starttls"  # STARTTLS or fail
+    TLS = "tls"  # implicit TLS from the first byte (usually port 465)
+    NONE = "none"  # plain text, never upgraded
+
+
+class LogFormat(str, Enum):
+    TEXT = "text"
+    JSON = "json"
+
+
+class Settings(BaseSettings):
+    """Everything trimail can be told; each field is ``TRIMAIL_<NAME>`` and ``--<name>``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", frozen=True, use_enum_values=False
+    )
+
+    host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
+    port: int = Field(8080, ge=0, le=65535, description="Port the HTTP server binds to.")
+    api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
+        (),
+        description="Comma-separated API keys; when set, every request needs "
+        "`Authorization: Bearer <key>`. Without keys trimail binds loopback only.",
+    )
+    default_from: str | None = Field(
+        None, description='Sender used when a request has no "from" ("Name <addr>" or "addr").'
+    )
+    max_recipients: int = Field(50, ge=1, description="Most addresses in to+cc+bcc together.")
+    max_request_bytes: int = Field(
+        10 * MiB, ge=1024, description="Largest request body accepted, in bytes (else 413)."
+    )
+    workers: int = Field(8, ge=1, le=1024, description="Worker tasks, one SMTP connection each.")
+    queue_size: int = Field(10_000, ge=1, description="Jobs the in-memory queue holds (else 503).")
+    smtp_host: str = Field("localhost", description="SMTP server to deliver through.")
+    smtp_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="SMTP port; default 465 for security=tls, 587 for starttls, 25 otherwise.",
+    )
+    smtp_username: str | None = Field(None, description="SMTP AUTH user name.")
+    smtp_password: SecretStr | None = Field(None, description="SMTP AUTH password.")
+    smtp_security: SMTPSecurity = Field(
+        SMTPSecurity.AUTO, description="auto (STARTTLS when offered) | starttls | tls | none."
+    )
+    smtp_timeout: float = Field(
+        30.0, gt=0, description="Seconds any one SMTP operation may take before it fails."
+    )
+    smtp_ca_file: Path | None = Field(
+        None, description="Extra CA bundle (PEM) to trust for the SMTP server's certificate."
+    )
+    retry_base_delay: float = Field(1.0, gt=0, description="First retry backoff, in seconds.")
+    retry_max_delay: float = Field(300.0, gt=0, description="Longest retry backoff, in seconds.")
+    max_attempts: int = Field(5, ge=1, description="Delivery attempts per job, the first included.")
+    shutdown_grace: float = Field(
+        30.0, ge=0, description="Seconds to finish queued and retrying jobs on shutdown."
+    )
+    log_format: LogFormat = Field(LogFormat.TEXT, description="text | json.")
+    log_level: str = Field("INFO", description="DEBUG | INFO | WARNING | ERROR.")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(key.strip() for key in value.split(",") if key.strip())
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
+        return level
+
+    @model_validator(mode="after")
+    def _delays_ordered(self) -> Settings:
+        if self.retry_max_delay < self.retry_base_delay:
+            raise ValueError("retry_max_delay must be at least retry_base_delay")
+        return self
+
+    @property
+    def effective_smtp_port(self) -> int:
+        if self.smtp_port is not None:
+            return self.smtp_port
+        return {SMTPSecurity.TLS: 465, SMTPSecurity.STARTTLS: 587}.get(self.smtp_security, 25)
+
+    @property
+    def auth_required(self) -> bool:
+        return bool(self.api_keys)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only (``localhost``, 127.0.0.0/8, ``::1``)."""
+    if host.lower() in {"localhost", "localhost."}:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build :class:`Settings` from ``TRIMAIL_*`` variables, with ``overrides`` winning.
+
+    Raises :class:`ConfigurationError` naming every unknown variable or invalid value.
+    """
+    environ = os.environ if environ is None else environ
+    fields = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    unknown = sorted(
+        key
+        for key in environ
+        if key.upper().startswith(ENV_PREFIX)
+        and key.upper() not in fields
+        and key.upper() not in CLIENT_ENV_VARS
+    )
+    if unknown:
+        raise ConfigurationError(
+            f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}"
+        )
+    values: dict[str, Any] = {
+        key[len(ENV_PREFIX) :].lower(): value
+        for key, value in environ.items()
+        if key.upper() in fields
+    }
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    try:
+        # Values are passed explicitly so that `environ` (not os.environ) is the only source.
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{ENV_PREFIX}{'.'.join(map(str, err['loc'])).upper()}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigurationError(f"invalid settings: {problems}") from exc

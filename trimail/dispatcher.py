@@ -1,0 +1,300 @@
+"""The bounded job queue, the worker pool that drains it, retry scheduling and shutdown.
+
+Lifetimes, all inside the one nursery that :meth:`Dispatcher.run` opens:
+
+- *workers* (``workers`` of them) take jobs from the queue, each through its own
+  :class:`~trimail.transport.Transport`, and run the blocking send in a thread;
+- *retry timers* (one per job waiting for a retry) sleep through the backoff
+  and put the job back on the queue; a waiting job holds no worker and no thread.
+
+Shutdown (:meth:`Dispatcher.shutdown`): new jobs are refused at once; the
+queue and pending retries get up to ``grace`` seconds to finish. If they do,
+the queue is closed and the workers end after saying QUIT. If not, every
+connection in use is cut and the nursery is cancelled. Either way, every job
+still unfinished is logged ``not delivered`` before :meth:`Dispatcher.run` returns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Callable
+
+import trio
+
+from .errors import QueueFull, ShuttingDown
+from .jobs import Job, Outcome
+from .message import build_envelope
+from .models import SendRequest
+from .retry import RetryPolicy, Verdict, classify, classify_code, describe
+from .transport import SendResult, Transport
+
+log = logging.getLogger("trimail.dispatcher")
+
+#: Seconds a caller is told to wait after ``queue_full``: long enough for the
+#: workers to finish a round of sends at typical provider latency (a guess).
+QUEUE_FULL_RETRY_AFTER = 1
+#: Seconds a worker may spend saying QUIT at shutdown before its thread is abandoned.
+QUIT_TIMEOUT = 1.0
+
+
+class Dispatcher:
+    """Accepts jobs without waiting and delivers them in the background.
+
+    ``transport_factory`` is called once per worker; each worker keeps its
+    transport (and so its connection) for its whole life.
+    """
+
+    def __init__(
+        self,
+        transport_factory: Callable[[], Transport],
+        *,
+        workers: int = 8,
+        queue_size: int = 10_000,
+        retry: RetryPolicy | None = None,
+        grace: float = 30.0,
+    ) -> None:
+        self.workers = workers
+        self.capacity = queue_size
+        self.retry = retry or RetryPolicy()
+        self.grace = grace
+        self._transport_factory = transport_factory
+        self._send, self._receive = trio.open_memory_channel[Job](queue_size)
+        # Our own limiter: trio's default one (40 threads) would silently cap the workers.
+        self._threads = trio.CapacityLimiter(workers)
+        self._outstanding: dict[str, Job] = {}
+        self._in_flight: set[Transport] = set()
+        self._retrying = 0
+        self._started = False
+        self._closing = trio.Event()
+        self._drained = trio.Event()
+        self._finished = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._grace_scope: trio.CancelScope | None = None
+
+    # -- the request side: never blocks ---------------------------------------------
+
+    @property
+    def accepting(self) -> bool:
+        return self._started and not self._closing.is_set()
+
+    @property
+    def depth(self) -> int:
+        """Jobs waiting in the queue (not those being sent or waiting for a retry)."""
+        return self._send.statistics().current_buffer_used
+
+    @property
+    def outstanding(self) -> int:
+        """Accepted jobs without a final outcome yet."""
+        return len(self._outstanding)
+
+    @property
+    def retrying(self) -> int:
+        return self._retrying
+
+    def ensure_accepting(self) -> None:
+        """Raise what :meth:`submit` would raise if a job came now; never waits."""
+        if not self.accepting:
+            raise ShuttingDown(
+                "trimail is shutting down and accepts no new mail; send it to another instance "
+                "or retry later",
+                retry_after=max(1, math.ceil(self.grace)),
+            )
+        if self.depth >= self.capacity:
+            raise self._queue_full()
+
+    def _queue_full(self) -> QueueFull:
+        return QueueFull(
+            f"the queue holds {self.capacity} jobs already; retry after the delay given",
+            retry_after=QUEUE_FULL_RETRY_AFTER,
+        )
+
+    def submit(self, request: SendRequest) -> Job:
+        """Queue ``request`` as a new job, log it accepted and return it; never waits.
+
+        Raises :class:`~trimail.errors.ShuttingDown` once shutdown has begun (or
+        before :meth:`run` started) and :class:`~trimail.errors.QueueFull` when
+        the queue holds ``queue_size`` jobs; a refused request leaves no trace.
+        """
+        self.ensure_accepting()
+        job = Job(request)
+        try:
+            self._send.send_nowait(job)
+        except trio.WouldBlock:
+            raise self._queue_full() from None
+        self._outstanding[job.id] = job
+        job.log_accepted()
+        return job
+
+    # -- the background side ---------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the workers until :meth:`shutdown` completes; start with ``nursery.start``.
+
+        Cancellation: if the caller cancels this task, in-flight connections are
+        cut, and every unfinished job is logged ``not delivered`` before it returns.
+        """
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                try:
+                    async with self._receive:
+                        for number in range(self.workers):
+                            nursery.start_soon(
+                                self._worker, self._receive.clone(), name=f"trimail-worker-{number}"
+                            )
+                    self._started = True
+                    task_status.started()
+                    await self._closing.wait()
+                    self._check_drained()
+                    with trio.move_on_after(self.grace) as self._grace_scope:
+                        await self._drained.wait()
+                    if self._drained.is_set():
+                        await self._send.aclose()  # workers see the end of the queue and finish
+                finally:
+                    if not self._drained.is_set():  # grace over, or we were cancelled
+                        self._abort(nursery)
+        finally:
+            for job in list(self._outstanding.values()):
+                self._finish(job, Outcome.NOT_DELIVERED, self._undelivered_reason(job))
+            self._finished.set()
+
+    async def shutdown(self) -> None:
+        """Stop accepting, drain for up to ``grace`` seconds, and wait until :meth:`run` ended.
+
+        Safe to call more than once and from several tasks. Cancellation: the
+        wait is cancelled; the drain itself carries on under :meth:`run`.
+        """
+        if not self._closing.is_set():
+            log.info(
+                "shutting down: %d job(s) outstanding, up to %.1f s to finish",
+                len(self._outstanding),
+                self.grace,
+            )
+            self._closing.set()
+        if self._started:
+            await self._finished.wait()
+
+    def stop_now(self) -> None:
+        """End the grace period at once (a second SIGTERM): what is unfinished is not delivered."""
+        self._closing.set()
+        if self._grace_scope is not None:
+            self._grace_scope.cancel()
+        elif self._nursery is not None:
+            self._abort(self._nursery)
+
+    def _abort(self, nursery: trio.Nursery) -> None:
+        for transport in list(self._in_flight):
+            transport.abort()  # the blocked thread returns at once, its job stays unfinished
+        nursery.cancel_scope.cancel()
+
+    def _undelivered_reason(self, job: Job) -> str:
+        reason = "shut down before it could be sent"
+        if job.last_error:
+            reason += f" (last error: {job.last_error})"
+        if job.delivered:
+            reason += f"; {len(job.delivered)} recipient(s) had already received it"
+        return reason
+
+    def _finish(self, job: Job, outcome: Outcome, reason: str = "") -> None:
+        if job.finish(outcome, reason):
+            del self._outstanding[job.id]
+            self._check_drained()
+
+    def _check_drained(self) -> None:
+        if self._closing.is_set() and not self._outstanding:
+            self._drained.set()
+
+    async def _worker(self, jobs: trio.MemoryReceiveChannel[Job]) -> None:
+        transport = self._transport_factory()
+        try:
+            async with jobs:
+                async for job in jobs:
+                    await self._attempt(job, transport)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(QUIT_TIMEOUT):
+                await trio.to_thread.run_sync(
+                    transport.close, limiter=self._threads, abandon_on_cancel=True
+                )
+
+    async def _attempt(self, job: Job, transport: Transport) -> None:
+        """One delivery attempt; ends with the job finished or its retry scheduled."""
+        job.attempts += 1
+        started = trio.current_time()
+        self._in_flight.add(transport)
+        try:
+            # Not abandoned on cancel: the outcome of a send must be known before it is
+            # logged. Shutdown unblocks the thread with transport.abort() instead.
+            result = await trio.to_thread.run_sync(_send_job, transport, job, limiter=self._threads)
+        except Exception as exc:
+            code, reason = describe(exc)
+            verdict = classify(exc)
+            job.last_error = f"{code} {reason}" if code else reason
+            job.log_attempt(f"{verdict.value} failure", code, trio.current_time() - started, reason)
+            self._after_failure(job, verdict)
+            return
+        finally:
+            self._in_flight.discard(transport)
+        self._after_result(job, result, trio.current_time() - started)
+
+    def _after_result(self, job: Job, result: SendResult, duration: float) -> None:
+        job.delivered.extend(result.accepted)
+        retry_later = []
+        for recipient, (code, reply) in result.refused.items():
+            if classify_code(code) is Verdict.TRANSIENT:
+                retry_later.append(recipient)
+            job.refused[recipient] = f"{code} {reply}"
+        job.pending = tuple(retry_later)
+        summary = f"{len(result.accepted)} accepted, {len(result.refused)} refused"
+        if retry_later:
+            code = result.refused[retry_later[0]][0]
+            job.last_error = "; ".join(f"{r}: {job.refused[r]}" for r in retry_later)
+            job.log_attempt(
+                "partial" if result.accepted else "transient failure", code, duration, summary
+            )
+            for recipient in retry_later:
+                del job.refused[recipient]  # not final yet; it is retried
+            self._after_failure(job, Verdict.TRANSIENT)
+            return
+        job.log_attempt(
+            "delivered" if result.accepted else "refused",
+            250 if result.accepted else None,
+            duration,
+            summary,
+        )
+        if job.delivered:
+            self._finish(job, Outcome.SENT)
+        else:
+            self._finish(job, Outcome.FAILED, "every recipient was refused")
+
+    def _after_failure(self, job: Job, verdict: Verdict) -> None:
+        if not self.retry.should_retry(job.attempts, verdict):
+            if job.delivered:  # earlier attempts reached some recipients
+                for recipient in job.pending:
+                    job.refused[recipient] = job.last_error or "not delivered"
+                self._finish(job, Outcome.SENT)
+            else:
+                self._finish(job, Outcome.FAILED, job.last_error or "")
+            return
+        delay = self.retry.backoff(job.attempts)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._retry_later, job, delay, name=f"trimail-retry-{job.id}")
+
+    async def _retry_later(self, job: Job, delay: float) -> None:
+        self._retrying += 1
+        try:
+            await trio.sleep(delay)
+            await self._send.send(job)  # may wait for room; the request path never does
+        finally:
+            self._retrying -= 1
+
+
+def _send_job(transport: Transport, job: Job) -> SendResult:
+    """Build the job's message once, then send it to its pending recipients (in a thread)."""
+    if job.envelope is None:
+        job.envelope = build_envelope(job.request, job.id)
+    envelope = job.envelope
+    if envelope.recipients != job.pending:
+        envelope = dataclasses.replace(envelope, recipients=job.pending)
+    return transport.send(envelope)

@@ -1,0 +1,117 @@
+"""Building the MIME message and its SMTP envelope from a validated request.
+
+The result is serialized with ``email.policy.SMTP`` (CRLF line endings, lines
+folded to 78 columns) or ``SMTPUTF8`` when an address needs it. The built header
+block is parsed back and checked, so that even a gap in validation cannot put
+a header on the wire that the request did not ask for.
+"""
+
+from __future__ import annotations
+
+import email.utils
+from dataclasses import dataclass
+from email import policy
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.parser import BytesHeaderParser
+
+from .errors import PermanentDeliveryError
+from .models import Mailbox, SendRequest
+
+#: RFC 5322 section 2.1.1: no line may be longer than 998 octets plus CRLF.
+MAX_LINE_OCTETS = 998
+#: Bodies are always 7-bit (quoted-printable or base64), so no server needs 8BITMIME.
+ASCII_POLICY = policy.SMTP.clone(cte_type="7bit")
+#: For addresses whose local part is not ASCII: raw UTF-8 headers, sent with SMTPUTF8.
+UTF8_POLICY = policy.SMTPUTF8.clone(cte_type="7bit")
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """What the SMTP transaction needs: the bytes, the envelope addresses, the UTF-8 flag."""
+
+    sender: str
+    recipients: tuple[str, ...]
+    data: bytes
+    smtputf8: bool
+
+
+def _address(mailbox: Mailbox) -> Address:
+    # username/domain rather than addr_spec: the email package refuses to parse a
+    # non-ASCII local part, which SMTPUTF8 allows and validation already checked.
+    username, _, domain = mailbox.smtp_address.rpartition("@")
+    return Address(display_name=mailbox.name, username=username, domain=domain)
+
+
+def message_id(job_id: str, sender: Mailbox) -> str:
+    """``<job_id@sender-domain>``: the job id is findable in the delivered mail."""
+    domain = sender.smtp_address.rpartition("@")[2]
+    try:
+        domain = domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        domain = "trimail.invalid"
+    return f"<{job_id}@{domain}>"
+
+
+def build_message(request: SendRequest, job_id: str) -> EmailMessage:
+    """The message as the recipients will see it; Bcc never appears in it."""
+    mailboxes = (request.sender, *request.to, *request.cc, *request.bcc, *request.reply_to)
+    utf8 = any(mailbox.needs_smtputf8 for mailbox in mailboxes)
+    msg = EmailMessage(policy=UTF8_POLICY if utf8 else ASCII_POLICY)
+    msg["From"] = _address(request.sender)
+    msg["To"] = [_address(m) for m in request.to]
+    if request.cc:
+        msg["Cc"] = [_address(m) for m in request.cc]
+    if request.reply_to:
+        msg["Reply-To"] = [_address(m) for m in request.reply_to]
+    msg["Subject"] = request.subject
+    msg["Date"] = email.utils.formatdate(usegmt=True)
+    msg["Message-ID"] = message_id(job_id, request.sender)
+    for name, value in request.headers.items():
+        msg[name] = value
+
+    if request.text is not None:
+        msg.set_content(request.text)
+        if request.html is not None:
+            msg.add_alternative(request.html, subtype="html")
+    else:
+        assert request.html is not None  # validation requires one of the two
+        msg.set_content(request.html, subtype="html")
+    for attachment in request.attachments:
+        maintype, _, subtype = attachment.mime_type.partition("/")
+        msg.add_attachment(
+            attachment.content, maintype=maintype, subtype=subtype, filename=attachment.filename
+        )
+    return msg
+
+
+def _check_headers(data: bytes, request: SendRequest) -> None:
+    """Refuse serialized bytes whose top-level headers are not exactly the ones we set."""
+    head, _, _ = data.partition(b"\r\n\r\n")
+    if any(len(line) > MAX_LINE_OCTETS for line in head.split(b"\r\n")):
+        raise PermanentDeliveryError("built message has a header line over 998 octets")
+    parsed = BytesHeaderParser(policy=policy.compat32).parsebytes(head + b"\r\n\r\n")
+    expected = {"from", "to", "subject", "date", "message-id", "mime-version", "content-type"}
+    expected |= {"content-transfer-encoding", "content-disposition"}
+    expected |= {name.lower() for name in request.headers}
+    if request.cc:
+        expected.add("cc")
+    if request.reply_to:
+        expected.add("reply-to")
+    unexpected = {name.lower() for name in parsed} - expected
+    if unexpected or parsed.defects:
+        raise PermanentDeliveryError(
+            f"built message failed the header check (unexpected: {sorted(unexpected)})"
+        )
+
+
+def build_envelope(request: SendRequest, job_id: str) -> Envelope:
+    """Build and serialize the message; raise :class:`PermanentDeliveryError` if it is unsafe."""
+    msg = build_message(request, job_id)
+    data = msg.as_bytes()
+    _check_headers(data, request)
+    recipients = tuple(m.smtp_address for m in request.envelope_recipients)
+    utf8 = msg.policy.utf8  # type: ignore[attr-defined]
+    return Envelope(
+        sender=request.sender.smtp_address, recipients=recipients, data=data, smtputf8=utf8
+    )

@@ -1,0 +1,294 @@
+"""The request schema of ``POST /email/send`` and every rule it enforces; no I/O.
+
+Anything that ends up in a header (subject, names, addresses, header names and
+values, filenames) is refused if it holds a control or line-break character, or
+an RFC 2047 encoded-word that decodes to one, so header injection cannot be
+expressed in a request that passes validation.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import email.header
+import mimetypes
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from email_validator import EmailNotValidError, validate_email
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+#: C0 controls (CR, LF and TAB included), DEL, C1 controls (NEL included) and the
+#: Unicode line and paragraph separators: none of them may reach a header.
+FORBIDDEN_IN_HEADERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=")
+#: RFC 5322 field name: printable US-ASCII except the colon.
+_FIELD_NAME = re.compile(r"[!-9;-~]+")
+_CONTENT_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+")
+_NAME_AND_ADDRESS = re.compile(r"(?P<name>.*?)\s*<(?P<address>[^<>]*)>", re.DOTALL)
+
+#: Headers trimail writes itself; a request may not set them through ``headers``.
+STRUCTURAL_HEADERS = frozenset(
+    {"from", "to", "cc", "bcc", "reply-to", "subject", "date", "message-id", "mime-version"}
+)
+MAX_SUBJECT_CHARS = 998  # RFC 5322's line limit; longer subjects are folded when built
+MAX_HEADER_VALUE_CHARS = 998
+MAX_HEADER_NAME_CHARS = 76  # leaves room for ": " and a folded value within 78 columns
+MAX_FILENAME_CHARS = 255  # the common filesystem limit
+DEFAULT_MAX_RECIPIENTS = 50
+
+
+def check_header_text(value: str, what: str, field: str | None = None) -> str:
+    """Return ``value`` if it may appear in a header, else raise a ``control_character`` error.
+
+    ``field``, when given, names the request field in the error (``headers.X-Tag``).
+    """
+    where = {"field": field} if field else {}
+    found = FORBIDDEN_IN_HEADERS.search(value)
+    if found:
+        raise PydanticCustomError(
+            "control_character",
+            "{what} must not contain control or line-break characters (found U+{codepoint})",
+            {"what": what, "codepoint": f"{ord(found.group()):04X}", **where},
+        )
+    for word in _ENCODED_WORD.findall(value):
+        try:
+            decoded = "".join(
+                part.decode(charset or "ascii", errors="replace")
+                if isinstance(part, bytes)
+                else part
+                for part, charset in email.header.decode_header(word)
+            )
+        except (LookupError, ValueError, binascii.Error):
+            decoded = "\x00"  # undecodable: refuse rather than guess what a reader makes of it
+        if FORBIDDEN_IN_HEADERS.search(decoded):
+            raise PydanticCustomError(
+                "encoded_control_character",
+                "{what} must not contain an RFC 2047 encoded-word that decodes to a control "
+                "or line-break character",
+                {"what": what, **where},
+            )
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Mailbox:
+    """A validated address with its optional display name.
+
+    ``address`` keeps the domain in Unicode; ``ascii_address`` has it IDNA-encoded
+    and is ``None`` when the local part itself is not ASCII (SMTPUTF8 only).
+    """
+
+    name: str
+    address: str
+    ascii_address: str | None
+
+    @property
+    def needs_smtputf8(self) -> bool:
+        return self.ascii_address is None
+
+    @property
+    def smtp_address(self) -> str:
+        """The address as written in the SMTP envelope and headers."""
+        return self.ascii_address or self.address
+
+    def __str__(self) -> str:
+        return f"{self.name} <{self.address}>" if self.name else self.address
+
+
+def parse_mailbox(value: Any) -> Mailbox:
+    """Parse ``"Name <addr>"`` or ``"addr"``; raise ``invalid_address`` if it is not one."""
+    if isinstance(value, Mailbox):
+        return value
+    if not isinstance(value, str):
+        raise PydanticCustomError("string_type", "Input should be a valid string")
+    check_header_text(value, "an address")
+    match = _NAME_AND_ADDRESS.fullmatch(value.strip())
+    name, address = (match["name"], match["address"]) if match else ("", value.strip())
+    name = name.strip()
+    if len(name) >= 2 and name[0] == name[-1] == '"':
+        name = name[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+    try:
+        valid = validate_email(address, check_deliverability=False, allow_smtputf8=True)
+    except EmailNotValidError as exc:
+        raise PydanticCustomError(
+            "invalid_address",
+            "'{address}' is not a valid email address: {reason}",
+            {"address": address, "reason": str(exc)},
+        ) from None
+    return Mailbox(name=name, address=valid.normalized, ascii_address=valid.ascii_email)
+
+
+def _as_list(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+MailboxField = Annotated[Mailbox, PlainValidator(parse_mailbox), PlainSerializer(str)]
+MailboxList = Annotated[list[MailboxField], BeforeValidator(_as_list)]
+
+
+class Attachment(BaseModel):
+    """One file sent with the mail; ``content`` is strict base64 and holds the decoded bytes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    filename: str = Field(min_length=1, max_length=MAX_FILENAME_CHARS)
+    content: bytes = Field(description="The file's bytes, base64-encoded (RFC 4648, no newlines).")
+    content_type: str | None = Field(
+        None, description="MIME type such as application/pdf; guessed from the filename if absent."
+    )
+
+    @field_validator("filename")
+    @classmethod
+    def _filename_safe(cls, value: str) -> str:
+        return check_header_text(value, "a filename")
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _strict_base64(cls, value: Any) -> bytes:
+        if not isinstance(value, str):
+            raise PydanticCustomError("string_type", "Input should be a base64 string")
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise PydanticCustomError(
+                "invalid_base64",
+                "content must be standard base64 (A-Z, a-z, 0-9, +, / and = padding; "
+                "no whitespace)",
+            ) from None
+
+    @field_validator("content_type")
+    @classmethod
+    def _content_type_shape(cls, value: str | None) -> str | None:
+        if value is not None and not _CONTENT_TYPE.fullmatch(value):
+            raise PydanticCustomError(
+                "invalid_content_type",
+                "content_type must look like type/subtype, for example application/pdf",
+            )
+        return value.lower() if value else value
+
+    @property
+    def mime_type(self) -> str:
+        """``content_type``, else the type guessed from the filename, else octet-stream."""
+        guessed, _ = mimetypes.guess_type(self.filename, strict=False)
+        return self.content_type or guessed or "application/octet-stream"
+
+
+class SendRequest(BaseModel):
+    """The body of ``POST /email/send``.
+
+    Validate with ``SendRequest.model_validate(data, context={"default_from": Mailbox | None,
+    "max_recipients": int})``; both context keys are optional.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    from_: MailboxField | None = Field(None, alias="from", validate_default=True)
+    to: MailboxList = Field(min_length=1)
+    cc: MailboxList = Field(default_factory=list)
+    bcc: MailboxList = Field(default_factory=list)
+    reply_to: MailboxList = Field(default_factory=list)
+    subject: str = Field(max_length=MAX_SUBJECT_CHARS)
+    text: str | None = None
+    html: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    attachments: list[Attachment] = Field(default_factory=list)
+
+    @field_validator("from_", mode="after")
+    @classmethod
+    def _sender_or_default(cls, value: Mailbox | None, info: ValidationInfo) -> Mailbox:
+        if value is not None:
+            return value
+        default = (info.context or {}).get("default_from")
+        if default is None:
+            raise PydanticCustomError(
+                "missing", "Field required (or configure TRIMAIL_DEFAULT_FROM on the server)"
+            )
+        return parse_mailbox(default)
+
+    @field_validator("subject")
+    @classmethod
+    def _subject_safe(cls, value: str) -> str:
+        if not value.strip():
+            raise PydanticCustomError("empty", "subject must not be empty or blank")
+        return check_header_text(value, "subject")
+
+    @field_validator("headers")
+    @classmethod
+    def _extra_headers_safe(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            if len(name) > MAX_HEADER_NAME_CHARS or not _FIELD_NAME.fullmatch(name):
+                raise PydanticCustomError(
+                    "invalid_header_name",
+                    "header name '{name}' must be 1-76 printable ASCII characters without ':'",
+                    {"name": name, "field": f"headers.{name}"},
+                )
+            lowered = name.lower()
+            if lowered in STRUCTURAL_HEADERS or lowered.startswith("content-"):
+                raise PydanticCustomError(
+                    "forbidden_header",
+                    "header '{name}' is set by trimail; use the request's own fields instead",
+                    {"name": name, "field": f"headers.{name}"},
+                )
+            if len(text) > MAX_HEADER_VALUE_CHARS:
+                raise PydanticCustomError(
+                    "header_too_long",
+                    "header '{name}' must be at most 998 characters",
+                    {"name": name, "field": f"headers.{name}"},
+                )
+            check_header_text(text, f"header '{name}'", field=f"headers.{name}")
+        return value
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self, info: ValidationInfo) -> SendRequest:
+        if self.text is None and self.html is None:
+            raise PydanticCustomError(
+                "body_required",
+                "give text, html or both",
+                {"field": "text"},
+            )
+        limit = (info.context or {}).get("max_recipients", DEFAULT_MAX_RECIPIENTS)
+        count = len(self.to) + len(self.cc) + len(self.bcc)
+        if count > limit:
+            raise PydanticCustomError(
+                "too_many_recipients",
+                "to, cc and bcc together hold {count} addresses; at most {limit} are allowed",
+                {"field": "to", "count": count, "limit": limit},
+            )
+        return self
+
+    @property
+    def sender(self) -> Mailbox:
+        assert self.from_ is not None  # the validator fills it or fails
+        return self.from_
+
+    @property
+    def envelope_recipients(self) -> list[Mailbox]:
+        """to + cc + bcc, each address once, in that order."""
+        seen: set[str] = set()
+        unique = []
+        for mailbox in (*self.to, *self.cc, *self.bcc):
+            key = mailbox.smtp_address.lower()
+            if key not in seen:
+                seen.add(key)
+                unique.append(mailbox)
+        return unique
+
+
+class Accepted(BaseModel):
+    """The body of a ``202`` answer."""
+
+    id: str
+    status: str = "queued"

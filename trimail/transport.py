@@ -1,0 +1,226 @@
+"""The SMTP transport: one reusable connection, driven by blocking smtplib calls.
+
+Every method except :meth:`SMTPTransport.abort` blocks and must run in a worker
+thread (``trio.to_thread.run_sync``). A thread cannot be cancelled, so every
+socket operation is bounded by ``timeout`` and :meth:`~SMTPTransport.abort`
+lets the event loop cut a connection short from outside.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import smtplib
+import socket
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from .config import SMTPSecurity, is_loopback
+from .errors import PermanentDeliveryError, TransientDeliveryError
+from .message import Envelope
+
+#: Reply codes that accept a recipient (RFC 5321 section 4.2.5).
+RCPT_ACCEPTED = (250, 251)
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """The outcome of a transaction that reached DATA or refused every recipient.
+
+    ``refused`` maps each refused recipient to the server's ``(code, reply)``.
+    """
+
+    accepted: tuple[str, ...]
+    refused: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+
+class Transport(Protocol):
+    """What a worker needs from a transport; each worker owns one instance."""
+
+    def send(self, envelope: Envelope) -> SendResult:
+        """Deliver ``envelope`` (blocking); raise on a failure of the whole transaction."""
+
+    def close(self) -> None:
+        """Say QUIT and close the connection, if any (blocking)."""
+
+    def abort(self) -> None:
+        """Cut the connection at once; safe to call from another thread (non-blocking)."""
+
+
+def make_tls_context(ca_file: Path | None = None) -> ssl.SSLContext:
+    """A verifying client context (system CAs, plus ``ca_file`` if given); build it once."""
+    context = ssl.create_default_context()
+    if ca_file is not None:
+        context.load_verify_locations(cafile=ca_file)
+    return context
+
+
+@functools.cache
+def local_hostname() -> str:
+    """The name trimail gives in EHLO; looked up once because ``getfqdn`` may be slow."""
+    return socket.getfqdn()
+
+
+def _reply_text(reply: bytes | str) -> str:
+    text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
+    return " ".join(text.split())
+
+
+class SMTPTransport:
+    """One connection to the SMTP server, opened on first use and reused after.
+
+    A reused connection that the server closed while idle is reopened once,
+    silently, when it fails before the server accepted MAIL FROM: nothing was
+    sent, so it is not a failed attempt. After any other failure the connection
+    is dropped, never reused in an unknown state.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        security: SMTPSecurity = SMTPSecurity.AUTO,
+        username: str | None = None,
+        password: str | None = None,
+        timeout: float = 30.0,
+        tls_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.security = security
+        self.username = username
+        self.password = password
+        self.timeout = timeout
+        self.tls_context = tls_context or make_tls_context()
+        self._smtp: smtplib.SMTP | None = None
+
+    def _connect(self) -> smtplib.SMTP:
+        smtp: smtplib.SMTP
+        if self.security is SMTPSecurity.TLS:
+            smtp = smtplib.SMTP_SSL(
+                local_hostname=local_hostname(), timeout=self.timeout, context=self.tls_context
+            )
+        else:
+            smtp = smtplib.SMTP(local_hostname=local_hostname(), timeout=self.timeout)
+        self._smtp = smtp  # before connecting, so that abort() can reach its socket
+        code, reply = smtp.connect(self.host, self.port)
+        if code != 220:
+            raise smtplib.SMTPConnectError(code, reply)
+        smtp.ehlo_or_helo_if_needed()
+        encrypted = self.security is SMTPSecurity.TLS
+        if self.security in (SMTPSecurity.AUTO, SMTPSecurity.STARTTLS):
+            if smtp.has_extn("starttls"):
+                smtp.starttls(context=self.tls_context)
+                smtp.ehlo()
+                encrypted = True
+            elif self.security is SMTPSecurity.STARTTLS:
+                raise PermanentDeliveryError(
+                    f"{self.host}:{self.port} does not offer STARTTLS, which "
+                    "TRIMAIL_SMTP_SECURITY=starttls requires"
+                )
+        if self.username:
+            self._login(smtp, encrypted)
+        return smtp
+
+    def _login(self, smtp: smtplib.SMTP, encrypted: bool) -> None:
+        if not encrypted and not is_loopback(self.host):
+            raise PermanentDeliveryError(
+                f"refusing to send SMTP credentials unencrypted to {self.host}; "
+                "set TRIMAIL_SMTP_SECURITY to starttls or tls"
+            )
+        try:
+            smtp.login(self.username or "", self.password or "")
+        except smtplib.SMTPAuthenticationError as exc:
+            reason = (
+                f"SMTP authentication failed ({exc.smtp_code} {_reply_text(exc.smtp_error)}): "
+                "check TRIMAIL_SMTP_USERNAME and TRIMAIL_SMTP_PASSWORD"
+            )
+            error = TransientDeliveryError if 400 <= exc.smtp_code < 500 else PermanentDeliveryError
+            raise error(reason, exc.smtp_code) from exc
+        except smtplib.SMTPNotSupportedError as exc:
+            raise PermanentDeliveryError(
+                f"{self.host} offers no AUTH, but TRIMAIL_SMTP_USERNAME is set"
+            ) from exc
+
+    def _mail_from(self, smtp: smtplib.SMTP, envelope: Envelope) -> None:
+        options = []
+        if envelope.smtputf8:
+            if not smtp.has_extn("smtputf8"):
+                raise PermanentDeliveryError(
+                    "an address has a non-ASCII local part and the SMTP server does not offer "
+                    "SMTPUTF8"
+                )
+            options += ["SMTPUTF8", "BODY=8BITMIME"]
+        if smtp.has_extn("size"):
+            options.append(f"SIZE={len(envelope.data)}")
+        code, reply = smtp.mail(envelope.sender, options)
+        if code != 250:
+            raise smtplib.SMTPSenderRefused(code, reply, envelope.sender)
+
+    def send(self, envelope: Envelope) -> SendResult:
+        """Run one SMTP transaction; see the class docstring for connection reuse.
+
+        Returns a :class:`SendResult` when DATA was accepted or every recipient
+        was refused; raises smtplib's exceptions, ``OSError`` or a
+        :class:`~trimail.errors.DeliveryError` otherwise.
+        """
+        try:
+            smtp = self._smtp
+            if smtp is None or not self._mail_from_reused(smtp, envelope):
+                smtp = self._connect()
+                self._mail_from(smtp, envelope)
+            refused = {}
+            for recipient in envelope.recipients:
+                code, reply = smtp.rcpt(recipient)
+                if code not in RCPT_ACCEPTED:
+                    refused[recipient] = (code, _reply_text(reply))
+            accepted = tuple(r for r in envelope.recipients if r not in refused)
+            if not accepted:
+                smtp.rset()
+                return SendResult(accepted=(), refused=refused)
+            code, reply = smtp.data(envelope.data)  # raises SMTPDataError if DATA is refused
+            if code != 250:  # ...but only returns the reply to the message itself
+                raise smtplib.SMTPDataError(code, reply)
+            return SendResult(accepted=accepted, refused=refused)
+        except BaseException:
+            self._drop()
+            raise
+
+    def _mail_from_reused(self, smtp: smtplib.SMTP, envelope: Envelope) -> bool:
+        """MAIL FROM on a reused connection; False (and dropped) if the server had closed it."""
+        try:
+            self._mail_from(smtp, envelope)
+        except (smtplib.SMTPServerDisconnected, ConnectionError):
+            pass
+        except smtplib.SMTPSenderRefused as exc:
+            if exc.smtp_code != 421:  # 421: the server is closing an idle connection
+                raise
+        else:
+            return True
+        self._drop()
+        return False
+
+    def _drop(self) -> None:
+        smtp, self._smtp = self._smtp, None
+        if smtp is not None:
+            smtp.close()
+
+    def close(self) -> None:
+        smtp, self._smtp = self._smtp, None
+        if smtp is None:
+            return
+        try:
+            smtp.quit()
+        except (smtplib.SMTPException, OSError):
+            smtp.close()
+
+    def abort(self) -> None:
+        sock = getattr(self._smtp, "sock", None)
+        if sock is not None:
+            # socket.socket.shutdown, not SSLSocket.shutdown: no TLS state is touched,
+            # the blocked call in the other thread just sees the connection end.
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
