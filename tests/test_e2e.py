@@ -6,9 +6,11 @@ and stops it with a signal by PID; every wait is bounded.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -172,6 +174,54 @@ def test_grace_expiry_logs_not_delivered_and_exits_zero(
     assert final_outcomes(service.log()) == {job_id: ["not delivered"]}
     smtp_server.release()
     assert smtp_server.received == []
+
+
+def _request(method: str, path: str, body: bytes) -> tuple[bytes, bytes]:
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    return head, body
+
+
+def _read_response(sock: socket.socket) -> bytes:
+    """One whole HTTP/1.1 response (head and Content-Length body) from ``sock``."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed before a response: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))  # type: ignore[union-attr]
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head
+
+
+def test_kept_alive_connection_survives_early_answers(
+    services: list[Service], tmp_path: Path
+) -> None:
+    """Headers and body sent apart: every answer comes, or the server closes the connection.
+
+    An answer sent before the body arrived (a 404, a 405, a refusal) must not
+    leave the next request on the same connection without an answer.
+    """
+    service = start(services, tmp_path, "--dev", "--outbox", str(tmp_path / "o"), "--port", "0")
+    host, port = service.wait_ready().removeprefix("http://").rsplit(":", 1)
+    body = json.dumps(MAIL).encode()
+    for method, path in [("POST", "/nope"), ("PUT", "/email/send"), ("POST", "/email/send")]:
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            for _ in range(3):
+                head, payload = _request(method, path, body)
+                sock.sendall(head)
+                time.sleep(0.05)  # the body arrives after the headers, as httpx sends them
+                sock.sendall(payload)
+                reply = _read_response(sock)  # a hang here times out the socket and fails
+                assert reply.startswith(b"HTTP/1.1 "), (method, path, reply)
+                if b"connection: close" in reply.lower():
+                    break
+    service.signal(signal.SIGTERM)
+    assert service.wait() == 0
 
 
 def test_dev_mode_writes_eml_files(services: list[Service], tmp_path: Path) -> None:

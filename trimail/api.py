@@ -112,18 +112,19 @@ def validation_details(exc: ValidationError) -> list[dict[str, str]]:
 async def send_email() -> Response:
     """Validate one message, queue it, answer 202 with its job id."""
     app = _app()
-    authorize(
-        request.headers.get("Authorization"),
-        app.api_keys,
-        (request.scope.get("server") or [None])[0],
-    )
-    app.dispatcher.ensure_accepting()  # refuse early, before spending time on the body
+    # Read the whole body before answering anything, errors included: a reply sent
+    # while the body is still arriving can stall the next request on a kept-alive
+    # connection. MAX_CONTENT_LENGTH bounds it (413).
+    body = await request.get_data(cache=False)
+    server = request.scope.get("server") or (None, None)
+    authorize(request.headers.get("Authorization"), app.api_keys, server[0])
+    app.dispatcher.ensure_accepting()  # refuse before spending time on parsing
     if request.mimetype != JSON_TYPE:
         raise errors.UnsupportedMediaType(
             f"send the message as JSON with 'Content-Type: {JSON_TYPE}' "
             f"(got {request.mimetype or 'none'!r})"
         )
-    data = parse_json(await request.get_data(cache=False))
+    data = parse_json(body)
     try:
         message = SendRequest.model_validate(data, context=app.validation_context)
     except ValidationError as exc:
@@ -133,9 +134,7 @@ async def send_email() -> Response:
             f"the request is invalid; fix: {fields}", details=details
         ) from None
     job = app.dispatcher.submit(message)
-    return json_response(
-        {"id": job.id, "status": "queued"}, 202, headers={"Location": f"/email/{job.id}"}
-    )
+    return json_response({"id": job.id, "status": "queued"}, 202)
 
 
 @api.get("/healthz")
@@ -155,11 +154,18 @@ async def healthz() -> Response:
     )
 
 
-def error_response(error: errors.HTTPError) -> Response:
+#: Sent with answers that may leave part of the request body unread (routing
+#: errors, 413, crashes): answering before the body has arrived can otherwise
+#: stall the next request on a kept-alive connection, so that connection ends.
+CLOSE = {"Connection": "close"}
+
+
+def error_response(error: errors.HTTPError, close: bool = False) -> Response:
     body: dict[str, Any] = {"code": error.code, "message": error.message}
     if error.details is not None:
         body["details"] = error.details
-    return json_response({"error": body}, error.status, headers=error.headers())
+    headers = {**error.headers(), **(CLOSE if close else {})}
+    return json_response({"error": body}, error.status, headers=headers)
 
 
 @api.app_errorhandler(errors.HTTPError)
@@ -180,16 +186,17 @@ async def handle_http_exception(error: HTTPException) -> Response:
     kind = _WERKZEUG_ERRORS.get(status)
     if status == 413:
         limit = _app().settings.max_request_bytes
-        return error_response(
-            errors.PayloadTooLarge(f"the request body is larger than {limit} bytes")
-        )
+        too_large = errors.PayloadTooLarge(f"the request body is larger than {limit} bytes")
+        return error_response(too_large, close=True)
     if kind is not None:
-        return error_response(kind(f"{error.name}: {request.method} {request.path}"))
+        return error_response(kind(f"{error.name}: {request.method} {request.path}"), close=True)
     body = {"error": {"code": error.name.lower().replace(" ", "_"), "message": error.name}}
-    return json_response(body, status)
+    return json_response(body, status, headers=CLOSE)
 
 
 @api.app_errorhandler(Exception)
 async def handle_unexpected(error: Exception) -> Response:
     log.exception("unexpected error answering %s %s", request.method, request.path)
-    return error_response(errors.HTTPError("internal error; the request was not queued"))
+    return error_response(
+        errors.HTTPError("internal error; the request was not queued"), close=True
+    )
