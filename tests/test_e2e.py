@@ -224,6 +224,36 @@ def test_kept_alive_connection_survives_early_answers(
     assert service.wait() == 0
 
 
+def test_second_signal_ends_the_grace(
+    services: list[Service], tmp_path: Path, smtp_server: SMTPTestServer
+) -> None:
+    """A second SIGTERM during a long drain stops at once; the job is logged not delivered."""
+    service = start(
+        services,
+        tmp_path,
+        "--port",
+        "0",
+        "--smtp-port",
+        str(smtp_server.port),
+        "--smtp-host",
+        "127.0.0.1",
+        "--smtp-security",
+        "none",
+        "--shutdown-grace",
+        "600",
+    )
+    url = service.wait_ready()
+    smtp_server.hold("RCPT")
+    job_id = httpx.post(f"{url}/email/send", json=MAIL, timeout=10).json()["id"]
+    wait_for(lambda: smtp_server.holding)
+    service.signal(signal.SIGTERM)
+    wait_for(lambda: "finishing accepted jobs" in service.log())
+    service.signal(signal.SIGTERM)
+    assert service.wait(timeout=60) == 0  # far below the 600 s grace
+    assert "stopping now" in service.log()
+    assert final_outcomes(service.log()) == {job_id: ["not delivered"]}
+
+
 def test_dev_mode_writes_eml_files(services: list[Service], tmp_path: Path) -> None:
     """--dev delivers through a real local SMTP sink into .eml files; Bcc only in the envelope."""
     outbox = tmp_path / "outbox"
