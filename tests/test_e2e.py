@@ -325,3 +325,15 @@ def test_plain_hypercorn_hosts_the_same_app_and_drains(
     smtp_server.release()
     assert service.wait() == 0
     assert final_outcomes(service.log()) == {job_id: ["sent"]}
+
+
+def test_port_in_use_is_a_clear_error(services: list[Service], tmp_path: Path) -> None:
+    """A port already taken ends the service with status 1 and a one-line reason."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        service = start(services, tmp_path, "--port", str(port))
+        assert service.wait() == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in service.log()
+    assert "Traceback" not in service.log()

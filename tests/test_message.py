@@ -137,6 +137,13 @@ def test_extra_headers_are_written() -> None:
     assert msg["X-Campaign"] == "spring"
 
 
+def test_header_check_refuses_a_line_that_would_end_the_headers() -> None:
+    """A header line without a colon, which would push later headers into the body, is refused."""
+    data = b"From: a@example.com\r\nTo: b@example.com\r\nno colon here\r\nBcc: x@y.z\r\n\r\nbody"
+    with pytest.raises(PermanentDeliveryError, match="header check"):
+        _check_headers(data, request())
+
+
 def test_header_check_refuses_an_injected_header() -> None:
     """Bytes carrying a header the request did not ask for are refused before sending."""
     data = b"From: a@example.com\r\nTo: b@example.com\r\nBcc: evil@example.com\r\n\r\nbody"

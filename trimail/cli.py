@@ -9,6 +9,7 @@ second signal cuts the drain short. The exit status is 0 after a signal.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import signal
 import sys
@@ -25,6 +26,9 @@ from .config import Settings, is_loopback, load_settings
 from .errors import ConfigurationError
 from .logs import configure_logging, flush_logging
 
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
+
 log = logging.getLogger("trimail.cli")
 
 #: Listen backlog: Hypercorn's default of 100 overflows under bursts of new
@@ -33,6 +37,7 @@ LISTEN_BACKLOG = 2048
 #: Seconds Hypercorn gives open connections to finish once the drain is over.
 GRACEFUL_HTTP_TIMEOUT = 3.0
 DEV_OUTBOX = Path("outbox")
+BIND_ERRNOS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES})
 
 
 def _flag(name: str) -> str:
@@ -151,9 +156,23 @@ def serve_command(args: argparse.Namespace) -> int:
                     update={"smtp_host": dev_sink.host, "smtp_port": dev_sink.port}
                 )
                 trio.run(serve, settings)
+    except BaseExceptionGroup as group:  # Hypercorn binds inside its nurseries
+        bind_error, rest = group.split(
+            lambda exc: isinstance(exc, OSError) and exc.errno in BIND_ERRNOS
+        )
+        if bind_error is None or rest is not None:
+            raise
+        reason = _first_leaf(bind_error)
+        log.error("cannot listen on %s:%d: %s", settings.host, settings.port, reason.strerror)
+        return 1
     finally:
         flush_logging()
     return 0
+
+
+def _first_leaf(group: BaseExceptionGroup[OSError]) -> OSError:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -211,7 +211,11 @@ class Dispatcher:
         try:
             async with jobs:
                 async for job in jobs:
-                    await self._attempt(job, transport)
+                    try:
+                        await self._attempt(job, transport)
+                    except Exception:  # a bug must cost one job, not the worker
+                        log.exception("internal error while delivering job %s", job.id)
+                        self._finish(job, Outcome.FAILED, "internal error in trimail (logged)")
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(QUIT_TIMEOUT):
                 await trio.to_thread.run_sync(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import email.utils
 from dataclasses import dataclass
-from email import policy
+from email import errors, policy
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.parser import BytesHeaderParser
@@ -20,6 +20,11 @@ from .models import Mailbox, SendRequest
 
 #: RFC 5322 section 2.1.1: no line may be longer than 998 octets plus CRLF.
 MAX_LINE_OCTETS = 998
+_BODY_DEFECTS = (
+    errors.StartBoundaryNotFoundDefect,
+    errors.CloseBoundaryNotFoundDefect,
+    errors.MultipartInvariantViolationDefect,
+)
 #: Bodies are always 7-bit (quoted-printable or base64), so no server needs 8BITMIME.
 ASCII_POLICY = policy.SMTP.clone(cte_type="7bit")
 #: For addresses whose local part is not ASCII: raw UTF-8 headers, sent with SMTPUTF8.
@@ -99,7 +104,10 @@ def _check_headers(data: bytes, request: SendRequest) -> None:
     if request.reply_to:
         expected.add("reply-to")
     unexpected = {name.lower() for name in parsed} - expected
-    if unexpected or parsed.defects:
+    # Parsing the head alone makes multipart defects (no body, no boundaries): ignore
+    # those, but not e.g. a line without a colon, which would end the header block.
+    defects = [d for d in parsed.defects if not isinstance(d, _BODY_DEFECTS)]
+    if unexpected or defects:
         raise PermanentDeliveryError(
             f"built message failed the header check (unexpected: {sorted(unexpected)})"
         )
