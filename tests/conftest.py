@@ -15,6 +15,7 @@ from trimail.app import TrimailApp, create_app
 from trimail.config import Settings
 from trimail.jobs import Outcome
 
+from .serving import services
 from .smtpserver import SMTPTestServer
 
 
@@ -83,4 +84,4 @@ def _capture_info(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="trimail")
 
 
-__all__ = ["Outcome", "final_lines", "settings_for", "wait_until"]
+__all__ = ["Outcome", "final_lines", "services", "settings_for", "wait_until"]

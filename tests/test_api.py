@@ -40,9 +40,10 @@ async def test_valid_request_is_accepted_and_delivered(
     running_app: TrimailApp, smtp_server: SMTPTestServer, caplog: Any
 ) -> None:
     """202 with an id and status queued; the mail reaches the server with that id."""
-    status, body, _ = await post(running_app)
+    status, body, headers = await post(running_app)
     assert status == 202
     assert body == {"id": body["id"], "status": "queued"}
+    assert headers["Location"] == f"/email/{body['id']}"
     await wait_until(lambda: len(smtp_server.received) == 1)
     assert smtp_server.received[0].message["Message-ID"] == f"<{body['id']}@example.com>"
     await wait_until(lambda: final_lines(caplog) == {body["id"]: ["sent"]})

@@ -9,7 +9,10 @@ def test_public_names() -> None:
     """Pins the public API: adding or removing a name is a deliberate change."""
     assert sorted(trimail.__all__) == sorted(
         [
+            "AsyncClient",
             "Attachment",
+            "Client",
+            "ConnectionFailed",
             "ConfigurationError",
             "DeliveryError",
             "Dispatcher",

@@ -3,11 +3,15 @@
 The public names are re-exported here; everything else is internal.
 """
 
+from importlib.metadata import version
+
 from .app import TrimailApp, create_app
+from .client import AsyncClient, Client
 from .config import Settings, SMTPSecurity, load_settings
 from .dispatcher import Dispatcher
 from .errors import (
     ConfigurationError,
+    ConnectionFailed,
     DeliveryError,
     HTTPError,
     PermanentDeliveryError,
@@ -23,8 +27,11 @@ from .retry import RetryPolicy
 from .transport import SMTPTransport, Transport
 
 __all__ = [
+    "AsyncClient",
     "Attachment",
+    "Client",
     "ConfigurationError",
+    "ConnectionFailed",
     "DeliveryError",
     "Dispatcher",
     "HTTPError",
@@ -46,4 +53,4 @@ __all__ = [
     "create_app",
     "load_settings",
 ]
-__version__ = "0.1.0"
+__version__ = version("trimail")

@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from importlib.metadata import version
 from typing import Any
 
 from quart_trio import QuartTrio
 
-from .api import api
+from .api import JobIdConverter, api
 from .config import Settings, load_settings
 from .dispatcher import Dispatcher
+from .idempotency import IdempotencyKeys
 from .logs import configure_logging
+from .metrics import Metrics
+from .openapi import build_openapi, dump, render_html
 from .retry import RetryPolicy
+from .store import ExpiringStore
 from .transport import SMTPTransport, Transport, make_tls_context
 
 log = logging.getLogger("trimail.app")
@@ -33,8 +38,12 @@ class TrimailApp(QuartTrio):
 
     settings: Settings
     dispatcher: Dispatcher
+    metrics: Metrics
+    idempotency: IdempotencyKeys
     api_keys: tuple[bytes, ...]
     validation_context: dict[str, Any]
+    openapi_json: bytes
+    docs_html: str
 
 
 def smtp_transport_factory(settings: Settings) -> Callable[[], Transport]:
@@ -81,6 +90,7 @@ def create_app(
         "default_from": settings.default_from,
         "max_recipients": settings.max_recipients,
     }
+    app.metrics = Metrics()
     app.dispatcher = Dispatcher(
         transport_factory or smtp_transport_factory(settings),
         workers=settings.workers,
@@ -91,7 +101,15 @@ def create_app(
             max_attempts=settings.max_attempts,
         ),
         grace=settings.shutdown_grace,
+        observer=app.metrics,
+        history=ExpiringStore(settings.status_ttl, settings.status_max_jobs),
     )
+    app.metrics.watch(app.dispatcher)
+    app.idempotency = IdempotencyKeys(settings.idempotency_ttl, settings.idempotency_max_keys)
+    document = build_openapi(version("trimail"))
+    app.openapi_json = dump(document)
+    app.docs_html = render_html(document)
+    app.url_map.converters["job_id"] = JobIdConverter
     app.register_blueprint(api)
 
     @app.before_serving

@@ -1,43 +1,43 @@
-"""``trimail serve``: flags and ``TRIMAIL_*`` variables into :class:`Settings`, then run.
+"""The ``trimail`` command: ``serve`` the service, ``send`` a mail, print the agent ``tool``.
 
-Every setting has a flag (``--smtp-host`` for ``TRIMAIL_SMTP_HOST``); a flag wins
-over the variable. SIGTERM or SIGINT starts a graceful stop: new requests get
-``503 shutting_down`` while the queue drains for up to the grace period; a
-second signal cuts the drain short. The exit status is 0 after a signal.
+``trimail serve``: every setting has a flag (``--smtp-host`` for
+``TRIMAIL_SMTP_HOST``) and a flag wins over the variable.
+
+``trimail send``: talks to ``TRIMAIL_URL`` (default ``http://127.0.0.1:8080``)
+with ``TRIMAIL_API_KEY``; prints one line of JSON and exits 0 when the mail
+was queued, 1 when trimail refused it (4xx), 3 when trimail could not take it
+(unreachable, or 503 after the client's retries); 2 is a usage error.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import errno
+import json
 import logging
-import signal
+import mimetypes
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
 
-from .app import SHUTDOWN_MARGIN, TrimailApp, create_app
 from .config import Settings, is_loopback, load_settings
-from .errors import ConfigurationError
+from .errors import ConfigurationError, ConnectionFailed, HTTPError, Unavailable
 from .logs import configure_logging, flush_logging
+from .server import serve
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
 log = logging.getLogger("trimail.cli")
 
-#: Listen backlog: Hypercorn's default of 100 overflows under bursts of new
-#: connections on a busy instance; the kernel caps it at somaxconn anyway.
-LISTEN_BACKLOG = 2048
-#: Seconds Hypercorn gives open connections to finish once the drain is over.
-GRACEFUL_HTTP_TIMEOUT = 3.0
 DEV_OUTBOX = Path("outbox")
 BIND_ERRNOS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES})
+EXIT_REFUSED, EXIT_USAGE, EXIT_UNAVAILABLE = 1, 2, 3
 
 
 def _flag(name: str) -> str:
@@ -49,66 +49,52 @@ def build_parser() -> argparse.ArgumentParser:
         prog="trimail", description="Accept email requests over HTTP, deliver them over SMTP."
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser(
+    serve_parser = commands.add_parser(
         "serve",
         help="run the HTTP service",
         description="Run the service. Each flag overrides its TRIMAIL_* variable.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    serve.add_argument(
+    serve_parser.add_argument(
         "--dev",
         action="store_true",
         help="also run a local SMTP sink and deliver into it (no provider needed)",
     )
-    serve.add_argument(
+    serve_parser.add_argument(
         "--outbox", type=Path, default=DEV_OUTBOX, help="with --dev: where mails are written"
     )
     for name, field in Settings.model_fields.items():
-        serve.add_argument(
+        serve_parser.add_argument(
             _flag(name),
             dest=name,
             metavar=name.upper(),
             default=None,
             help=f"{field.description} [TRIMAIL_{name.upper()}]",
         )
+
+    send = commands.add_parser(
+        "send",
+        help="send one mail through a running trimail",
+        description="Queue one mail at TRIMAIL_URL (with TRIMAIL_API_KEY) and print the "
+        "result as one line of JSON.",
+    )
+    send.add_argument("--to", action="append", required=True, help="recipient (repeatable)")
+    send.add_argument("--cc", action="append", help="copy recipient (repeatable)")
+    send.add_argument("--bcc", action="append", help="hidden recipient (repeatable)")
+    send.add_argument("--reply-to", action="append", help="reply address (repeatable)")
+    send.add_argument("--from", dest="from_", help="sender (default: the server's)")
+    send.add_argument("--subject", required=True)
+    send.add_argument("--text", help="plain-text body ('-' reads standard input)")
+    send.add_argument("--html", help="HTML body")
+    send.add_argument("--attach", action="append", type=Path, help="file to attach (repeatable)")
+    send.add_argument("--idempotency-key", help="makes a repeated command send only once")
+    send.add_argument("--url", default=None, help="trimail's URL [TRIMAIL_URL]")
+
+    tool = commands.add_parser(
+        "tool", help="print the agent tool definitions (JSON) for send_email and email_status"
+    )
+    tool.add_argument("--format", choices=["openai", "anthropic"], default="openai")
     return parser
-
-
-def hypercorn_config(settings: Settings) -> HypercornConfig:
-    """Hypercorn settings sized from ours: lifespan shutdown must outlast the drain."""
-    config = HypercornConfig()
-    host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    config.bind = [f"{host}:{settings.port}"]
-    config.accesslog = None  # one log line per job is enough; access logs cost I/O per request
-    config.errorlog = logging.getLogger("trimail.server")
-    config.backlog = LISTEN_BACKLOG
-    config.graceful_timeout = GRACEFUL_HTTP_TIMEOUT
-    config.shutdown_timeout = settings.shutdown_grace + 2 * SHUTDOWN_MARGIN
-    return config
-
-
-async def serve(settings: Settings, app: TrimailApp | None = None) -> None:
-    """Serve until SIGTERM or SIGINT, drain while still answering, then return."""
-    app = app or create_app(settings, setup_logging=False)
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-
-        async def drain_on_signal() -> None:
-            async for signum in signals:
-                log.info("received %s: finishing accepted jobs", signal.Signals(signum).name)
-                break
-            async with trio.open_nursery() as nursery:
-
-                async def hurry_on_second_signal() -> None:
-                    async for signum in signals:
-                        log.warning("received %s again: stopping now", signal.Signals(signum).name)
-                        app.dispatcher.stop_now()
-
-                nursery.start_soon(hurry_on_second_signal)
-                await app.dispatcher.shutdown()
-                nursery.cancel_scope.cancel()
-
-        await hypercorn_serve(app, hypercorn_config(settings), shutdown_trigger=drain_on_signal)
-    log.info("stopped")
 
 
 def _settings_from(args: argparse.Namespace, extra: dict[str, Any]) -> Settings:
@@ -175,12 +161,63 @@ def _first_leaf(group: BaseExceptionGroup[OSError]) -> OSError:
     return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
+def _attachment(path: Path) -> dict[str, str]:
+    guessed, _ = mimetypes.guess_type(path.name)
+    return {
+        "filename": path.name,
+        "content": base64.b64encode(path.read_bytes()).decode(),
+        "content_type": guessed or "application/octet-stream",
+    }
+
+
+def send_command(args: argparse.Namespace) -> int:
+    from .client import DEFAULT_URL, Client
+
+    text = sys.stdin.read() if args.text == "-" else args.text
+    message: dict[str, Any] = {
+        "from": args.from_,
+        "to": args.to,
+        "cc": args.cc,
+        "bcc": args.bcc,
+        "reply_to": args.reply_to,
+        "subject": args.subject,
+        "text": text,
+        "html": args.html,
+        "attachments": [_attachment(path) for path in args.attach or []] or None,
+    }
+    url = args.url or os.environ.get("TRIMAIL_URL", DEFAULT_URL)
+    try:
+        with Client(url, os.environ.get("TRIMAIL_API_KEY")) as client:
+            job = client.send(
+                {k: v for k, v in message.items() if v is not None},
+                idempotency_key=args.idempotency_key,
+            )
+    except HTTPError as exc:
+        error = {"code": exc.code, "message": exc.message, "status": exc.status}
+        if exc.details is not None:
+            error["details"] = exc.details
+        print(json.dumps({"error": error}))
+        return EXIT_UNAVAILABLE if isinstance(exc, Unavailable) else EXIT_REFUSED
+    except ConnectionFailed as exc:
+        print(json.dumps({"error": {"code": "connection_failed", "message": str(exc)}}))
+        return EXIT_UNAVAILABLE
+    print(json.dumps(job.model_dump()))
+    return 0
+
+
+def tool_command(args: argparse.Namespace) -> int:
+    from .agent import anthropic_tools, openai_tools
+
+    tools = openai_tools() if args.format == "openai" else anthropic_tools()
+    print(json.dumps(tools, indent=2, ensure_ascii=False))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``trimail`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
-    if args.command == "serve":
-        return serve_command(args)
-    raise AssertionError(f"unknown command {args.command}")  # argparse refuses it first
+    commands = {"serve": serve_command, "send": send_command, "tool": tool_command}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

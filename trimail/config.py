@@ -87,6 +87,18 @@ class Settings(BaseSettings):
     shutdown_grace: float = Field(
         30.0, ge=0, description="Seconds to finish queued and retrying jobs on shutdown."
     )
+    idempotency_ttl: float = Field(
+        86_400.0, gt=0, description="Seconds an Idempotency-Key and its answer are remembered."
+    )
+    idempotency_max_keys: int = Field(
+        100_000, ge=1, description="Most Idempotency-Keys remembered; the oldest go first."
+    )
+    status_ttl: float = Field(
+        86_400.0, gt=0, description="Seconds a finished job's status stays readable."
+    )
+    status_max_jobs: int = Field(
+        100_000, ge=1, description="Most finished jobs whose status is kept; the oldest go first."
+    )
     log_format: LogFormat = Field(LogFormat.TEXT, description="text | json.")
     log_level: str = Field("INFO", description="DEBUG | INFO | WARNING | ERROR.")
 

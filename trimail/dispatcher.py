@@ -19,15 +19,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import trio
 
 from .errors import QueueFull, ShuttingDown
-from .jobs import Job, Outcome
+from .jobs import Job, JobRecord, Outcome, State
 from .message import build_envelope
 from .models import SendRequest
 from .retry import RetryPolicy, Verdict, classify, classify_code, describe
+from .store import ExpiringStore
 from .transport import SendResult, Transport
 
 log = logging.getLogger("trimail.dispatcher")
@@ -37,6 +38,22 @@ log = logging.getLogger("trimail.dispatcher")
 QUEUE_FULL_RETRY_AFTER = 1
 #: Seconds a worker may spend saying QUIT at shutdown before its thread is abandoned.
 QUIT_TIMEOUT = 1.0
+
+
+class Observer:
+    """What the dispatcher reports as it works; this base ignores it (see trimail.metrics).
+
+    Called on the event loop, synchronously: implementations must not block.
+    """
+
+    def attempted(self, result: str, smtp_code: int | None, duration: float) -> None:
+        """An attempt ended: ``result`` is delivered, transient, permanent or partial."""
+
+    def retry_scheduled(self) -> None:
+        """A job will be tried again after a backoff."""
+
+    def finished(self, outcome: Outcome) -> None:
+        """A job got its final outcome."""
 
 
 class Dispatcher:
@@ -54,11 +71,16 @@ class Dispatcher:
         queue_size: int = 10_000,
         retry: RetryPolicy | None = None,
         grace: float = 30.0,
+        observer: Observer | None = None,
+        history: ExpiringStore[str, JobRecord] | None = None,
     ) -> None:
         self.workers = workers
         self.capacity = queue_size
         self.retry = retry or RetryPolicy()
         self.grace = grace
+        self.observer = observer or Observer()
+        #: Finished jobs, for status lookups (the default keeps none).
+        self.history = history if history is not None else ExpiringStore(0, 0)
         self._transport_factory = transport_factory
         self._send, self._receive = trio.open_memory_channel[Job](queue_size)
         # Our own limiter: trio's default one (40 threads) would silently cap the workers.
@@ -93,39 +115,51 @@ class Dispatcher:
     def retrying(self) -> int:
         return self._retrying
 
-    def ensure_accepting(self) -> None:
-        """Raise what :meth:`submit` would raise if a job came now; never waits."""
+    @property
+    def busy(self) -> int:
+        """Workers in the middle of an attempt."""
+        return len(self._in_flight)
+
+    def lookup(self, job_id: str) -> JobRecord | None:
+        """The job's current record: live while outstanding, then from ``history``."""
+        job = self._outstanding.get(job_id)
+        return job.record() if job is not None else self.history.get(job_id)
+
+    def ensure_accepting(self, count: int = 1) -> None:
+        """Raise what :meth:`submit_many` would raise for ``count`` jobs now; never waits."""
         if not self.accepting:
             raise ShuttingDown(
                 "trimail is shutting down and accepts no new mail; send it to another instance "
                 "or retry later",
                 retry_after=max(1, math.ceil(self.grace)),
             )
-        if self.depth >= self.capacity:
-            raise self._queue_full()
+        free = self.capacity - self.depth
+        if count > free:
+            raise QueueFull(
+                f"the queue has room for {free} of {self.capacity} jobs; retry after the delay "
+                "given",
+                retry_after=QUEUE_FULL_RETRY_AFTER,
+            )
 
-    def _queue_full(self) -> QueueFull:
-        return QueueFull(
-            f"the queue holds {self.capacity} jobs already; retry after the delay given",
-            retry_after=QUEUE_FULL_RETRY_AFTER,
-        )
+    def submit(self, request: SendRequest, owner: str | None = None) -> Job:
+        """Queue ``request`` as a new job, log it accepted and return it; never waits."""
+        return self.submit_many([request], owner)[0]
 
-    def submit(self, request: SendRequest) -> Job:
-        """Queue ``request`` as a new job, log it accepted and return it; never waits.
+    def submit_many(self, requests: Sequence[SendRequest], owner: str | None = None) -> list[Job]:
+        """Queue all of ``requests`` or none of them; never waits.
 
         Raises :class:`~trimail.errors.ShuttingDown` once shutdown has begun (or
         before :meth:`run` started) and :class:`~trimail.errors.QueueFull` when
-        the queue holds ``queue_size`` jobs; a refused request leaves no trace.
+        the queue lacks room for all of them; a refused call leaves no trace.
+        ``owner`` names the API key the jobs belong to.
         """
-        self.ensure_accepting()
-        job = Job(request)
-        try:
+        self.ensure_accepting(len(requests))
+        jobs = [Job(request, owner=owner) for request in requests]
+        for job in jobs:  # no checkpoint in between: the room checked above is still there
             self._send.send_nowait(job)
-        except trio.WouldBlock:
-            raise self._queue_full() from None
-        self._outstanding[job.id] = job
-        job.log_accepted()
-        return job
+            self._outstanding[job.id] = job
+            job.log_accepted()
+        return jobs
 
     # -- the background side ---------------------------------------------------------
 
@@ -200,6 +234,8 @@ class Dispatcher:
     def _finish(self, job: Job, outcome: Outcome, reason: str = "") -> None:
         if job.finish(outcome, reason):
             del self._outstanding[job.id]
+            self.history.put(job.id, job.record())
+            self.observer.finished(outcome)
             self._check_drained()
 
     def _check_drained(self) -> None:
@@ -225,6 +261,7 @@ class Dispatcher:
     async def _attempt(self, job: Job, transport: Transport) -> None:
         """One delivery attempt; ends with the job finished or its retry scheduled."""
         job.attempts += 1
+        job.set_state(State.SENDING)
         started = trio.current_time()
         self._in_flight.add(transport)
         try:
@@ -235,7 +272,10 @@ class Dispatcher:
             code, reason = describe(exc)
             verdict = classify(exc)
             job.last_error = f"{code} {reason}" if code else reason
-            job.log_attempt(f"{verdict.value} failure", code, trio.current_time() - started, reason)
+            job.last_error_code = code
+            duration = trio.current_time() - started
+            job.log_attempt(f"{verdict.value} failure", code, duration, reason)
+            self.observer.attempted(verdict.value, code, duration)
             self._after_failure(job, verdict)
             return
         finally:
@@ -254,6 +294,8 @@ class Dispatcher:
         if retry_later:
             code = result.refused[retry_later[0]][0]
             job.last_error = "; ".join(f"{r}: {job.refused[r]}" for r in retry_later)
+            job.last_error_code = code
+            self.observer.attempted("partial" if result.accepted else "transient", code, duration)
             job.log_attempt(
                 "partial" if result.accepted else "transient failure", code, duration, summary
             )
@@ -261,12 +303,9 @@ class Dispatcher:
                 del job.refused[recipient]  # not final yet; it is retried
             self._after_failure(job, Verdict.TRANSIENT)
             return
-        job.log_attempt(
-            "delivered" if result.accepted else "refused",
-            250 if result.accepted else None,
-            duration,
-            summary,
-        )
+        code = 250 if result.accepted else next(iter(result.refused.values()))[0]
+        job.log_attempt("delivered" if result.accepted else "refused", code, duration, summary)
+        self.observer.attempted("delivered" if result.accepted else "permanent", code, duration)
         if job.delivered:
             self._finish(job, Outcome.SENT)
         else:
@@ -282,6 +321,8 @@ class Dispatcher:
                 self._finish(job, Outcome.FAILED, job.last_error or "")
             return
         delay = self.retry.backoff(job.attempts)
+        job.set_state(State.RETRYING)
+        self.observer.retry_scheduled()
         assert self._nursery is not None
         self._nursery.start_soon(self._retry_later, job, delay, name=f"trimail-retry-{job.id}")
 
@@ -289,6 +330,7 @@ class Dispatcher:
         self._retrying += 1
         try:
             await trio.sleep(delay)
+            job.set_state(State.QUEUED)
             await self._send.send(job)  # may wait for room; the request path never does
         finally:
             self._retrying -= 1

@@ -4,24 +4,31 @@
 
     TrimailError
     ├── ConfigurationError        the operator's settings cannot work
-    ├── RequestError              the caller's request is refused (4xx); nothing is queued
-    │   ├── InvalidJSON             400 invalid_json
-    │   ├── Unauthorized            401 unauthorized
-    │   ├── NotFound                404 not_found
-    │   ├── MethodNotAllowed        405 method_not_allowed
-    │   ├── PayloadTooLarge         413 payload_too_large
-    │   ├── UnsupportedMediaType    415 unsupported_media_type
-    │   └── ValidationFailed        422 validation_error
-    ├── Unavailable               the service cannot take a job now; try again later (503)
-    │   ├── QueueFull               503 queue_full
-    │   └── ShuttingDown            503 shutting_down
+    ├── ConnectionFailed          the client could not reach trimail (after its retries)
+    ├── HTTPError                 answered as JSON; 500 internal_error when used as is
+    │   ├── RequestError            the caller's request is refused (4xx); nothing is queued
+    │   │   ├── BadRequest              400 bad_request
+    │   │   ├── InvalidJSON             400 invalid_json
+    │   │   ├── InvalidIdempotencyKey   400 invalid_idempotency_key
+    │   │   ├── Unauthorized            401 unauthorized
+    │   │   ├── NotFound                404 not_found
+    │   │   ├── MethodNotAllowed        405 method_not_allowed
+    │   │   ├── RequestTimeout          408 request_timeout
+    │   │   ├── IdempotencyKeyReused    409 invalid_idempotent_request
+    │   │   ├── IdempotencyKeyInUse     409 concurrent_idempotent_requests
+    │   │   ├── PayloadTooLarge         413 payload_too_large
+    │   │   ├── UnsupportedMediaType    415 unsupported_media_type
+    │   │   └── ValidationFailed        422 validation_error
+    │   └── Unavailable             the service cannot take a job now; try again later (503)
+    │       ├── QueueFull               503 queue_full
+    │       └── ShuttingDown            503 shutting_down
     └── DeliveryError             one SMTP attempt failed (raised in worker threads)
         ├── TransientDeliveryError  worth another attempt later
         └── PermanentDeliveryError  another attempt would fail the same way
 
-Every :class:`RequestError` and :class:`Unavailable` knows its HTTP status and
-its machine-readable ``code``; the API turns them into
-``{"error": {"code", "message", "details"?}}``.
+Every :class:`HTTPError` knows its HTTP status and its machine-readable
+``code``; the API turns it into ``{"error": {"code", "message", "details"?}}``.
+The codes form a closed set: :func:`error_codes` lists them.
 """
 
 from __future__ import annotations
@@ -37,6 +44,10 @@ class ConfigurationError(TrimailError):
     """The settings are unusable: an unknown key, a bad value, an unsafe bind."""
 
 
+class ConnectionFailed(TrimailError):
+    """Raised by :mod:`trimail.client` when trimail could not be reached at all."""
+
+
 class HTTPError(TrimailError):
     """An error answered to the HTTP caller as a JSON error body."""
 
@@ -47,6 +58,9 @@ class HTTPError(TrimailError):
         super().__init__(message)
         self.message = message
         self.details = details
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.code}: {self.message}"
 
     def headers(self) -> dict[str, str]:
         """Extra response headers this error needs (``Retry-After``, ``WWW-Authenticate``)."""
@@ -59,9 +73,19 @@ class RequestError(HTTPError):
     status = 400
 
 
+class BadRequest(RequestError):
+    status = 400
+    code = "bad_request"
+
+
 class InvalidJSON(RequestError):
     status = 400
     code = "invalid_json"
+
+
+class InvalidIdempotencyKey(RequestError):
+    status = 400
+    code = "invalid_idempotency_key"
 
 
 class Unauthorized(RequestError):
@@ -80,6 +104,25 @@ class NotFound(RequestError):
 class MethodNotAllowed(RequestError):
     status = 405
     code = "method_not_allowed"
+
+
+class RequestTimeout(RequestError):
+    status = 408
+    code = "request_timeout"
+
+
+class IdempotencyKeyReused(RequestError):
+    """The Idempotency-Key was used before with a different request."""
+
+    status = 409
+    code = "invalid_idempotent_request"
+
+
+class IdempotencyKeyInUse(RequestError):
+    """A request with this Idempotency-Key is still being handled."""
+
+    status = 409
+    code = "concurrent_idempotent_requests"
 
 
 class PayloadTooLarge(RequestError):
@@ -102,8 +145,8 @@ class Unavailable(HTTPError):
 
     status = 503
 
-    def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, retry_after: int, details: Any = None) -> None:
+        super().__init__(message, details)
         self.retry_after = retry_after
 
     def headers(self) -> dict[str, str]:
@@ -133,3 +176,43 @@ class TransientDeliveryError(DeliveryError):
 
 class PermanentDeliveryError(DeliveryError):
     """The attempt failed in a way that will not pass by itself: do not try again."""
+
+
+def from_answer(status: int, body: Any, retry_after: int | None = None) -> HTTPError:
+    """The exception for an error answer, as :mod:`trimail.client` raises it.
+
+    Unknown codes (another server in the way, a newer trimail) give a plain
+    :class:`HTTPError` that keeps the status and code it got.
+    """
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        error = {"code": f"http_{status}", "message": str(body)[:500]}
+    code, message = str(error.get("code")), str(error.get("message", ""))
+    details = error.get("details")
+    kind = _BY_CODE.get(code)
+    if kind is not None and kind.status == status:
+        if issubclass(kind, Unavailable):
+            return kind(message, retry_after=retry_after or 1, details=details)
+        return kind(message, details)
+    unknown = HTTPError(message, details)
+    unknown.status, unknown.code = status, code  # type: ignore[misc]
+    return unknown
+
+
+def _kinds() -> dict[str, type[HTTPError]]:
+    found: dict[str, type[HTTPError]] = {}
+    pending: list[type[HTTPError]] = [HTTPError]
+    while pending:
+        kind = pending.pop()
+        pending.extend(kind.__subclasses__())
+        if kind not in (RequestError, Unavailable):
+            found[kind.code] = kind
+    return found
+
+
+_BY_CODE = _kinds()
+
+
+def error_codes() -> dict[str, int]:
+    """Every error ``code`` the API can answer, with its HTTP status."""
+    return {code: kind.status for code, kind in _BY_CODE.items()}

@@ -14,7 +14,7 @@ import email.header
 import mimetypes
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from email_validator import EmailNotValidError, validate_email
 from pydantic import (
@@ -24,7 +24,9 @@ from pydantic import (
     Field,
     PlainSerializer,
     PlainValidator,
+    TypeAdapter,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -135,17 +137,39 @@ def _as_list(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
 
-MailboxField = Annotated[Mailbox, PlainValidator(parse_mailbox), PlainSerializer(str)]
-MailboxList = Annotated[list[MailboxField], BeforeValidator(_as_list)]
+_MAILBOX_SCHEMA = {
+    "type": "string",
+    "description": 'An address, "addr" or "Name <addr>"; IDN domains are accepted.',
+    "examples": ["Ada Lovelace <ada@example.com>"],
+}
+MailboxField = Annotated[
+    Mailbox, PlainValidator(parse_mailbox), PlainSerializer(str), WithJsonSchema(_MAILBOX_SCHEMA)
+]
+MailboxList = Annotated[
+    list[MailboxField],
+    BeforeValidator(_as_list),
+    WithJsonSchema(
+        {
+            "anyOf": [_MAILBOX_SCHEMA, {"type": "array", "items": _MAILBOX_SCHEMA}],
+            "description": "One address or a list of them.",
+        }
+    ),
+]
 
 
 class Attachment(BaseModel):
-    """One file sent with the mail; ``content`` is strict base64 and holds the decoded bytes."""
+    """One file attached to the mail."""
+
+    # After validation `content` holds the decoded bytes.
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    filename: str = Field(min_length=1, max_length=MAX_FILENAME_CHARS)
-    content: bytes = Field(description="The file's bytes, base64-encoded (RFC 4648, no newlines).")
+    filename: str = Field(
+        min_length=1, max_length=MAX_FILENAME_CHARS, description="The name recipients see."
+    )
+    content: Annotated[bytes, WithJsonSchema({"type": "string", "contentEncoding": "base64"})] = (
+        Field(description="The file's bytes, base64-encoded (RFC 4648, no newlines).")
+    )
     content_type: str | None = Field(
         None, description="MIME type such as application/pdf; guessed from the filename if absent."
     )
@@ -187,24 +211,37 @@ class Attachment(BaseModel):
 
 
 class SendRequest(BaseModel):
-    """The body of ``POST /email/send``.
+    """One email to send."""
 
-    Validate with ``SendRequest.model_validate(data, context={"default_from": Mailbox | None,
-    "max_recipients": int})``; both context keys are optional.
-    """
+    # Validate with SendRequest.model_validate(data, context={"default_from": str | None,
+    # "max_recipients": int}); both context keys are optional.
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    from_: MailboxField | None = Field(None, alias="from", validate_default=True)
-    to: MailboxList = Field(min_length=1)
-    cc: MailboxList = Field(default_factory=list)
-    bcc: MailboxList = Field(default_factory=list)
-    reply_to: MailboxList = Field(default_factory=list)
-    subject: str = Field(max_length=MAX_SUBJECT_CHARS)
-    text: str | None = None
-    html: str | None = None
-    headers: dict[str, str] = Field(default_factory=dict)
-    attachments: list[Attachment] = Field(default_factory=list)
+    from_: MailboxField | None = Field(
+        None,
+        alias="from",
+        validate_default=True,
+        description="The sender; required unless the server has TRIMAIL_DEFAULT_FROM.",
+    )
+    to: MailboxList = Field(min_length=1, description="Recipients; at least one.")
+    cc: MailboxList = Field(default_factory=list, description="Copy recipients.")
+    bcc: MailboxList = Field(
+        default_factory=list, description="Hidden recipients: they never appear in the headers."
+    )
+    reply_to: MailboxList = Field(default_factory=list, description="Where replies go.")
+    subject: str = Field(
+        max_length=MAX_SUBJECT_CHARS,
+        description="Not blank; no control or line-break characters.",
+    )
+    text: str | None = Field(None, description="Plain-text body; give text, html or both.")
+    html: str | None = Field(None, description="HTML body; give text, html or both.")
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra headers. Names are RFC 5322 field names; From, To, Cc, Bcc, "
+        "Reply-To, Subject, Date, Message-ID, MIME-Version and Content-* are refused.",
+    )
+    attachments: list[Attachment] = Field(default_factory=list, description="Files to attach.")
 
     @field_validator("from_", mode="after")
     @classmethod
@@ -287,8 +324,77 @@ class SendRequest(BaseModel):
         return unique
 
 
+MAX_BATCH = 100
+
+#: Validates the body of ``POST /email/batch``: 1 to 100 messages.
+BatchRequest = TypeAdapter(Annotated[list[SendRequest], Field(min_length=1, max_length=MAX_BATCH)])
+
+
+# -- answers (documented in the OpenAPI document; the API builds them as dicts) --------
+
+
 class Accepted(BaseModel):
-    """The body of a ``202`` answer."""
+    """``202`` for one message: the job id to find it in logs, status and Message-ID."""
+
+    id: str = Field(description="Opaque job id.")
+    status: Literal["queued"] = "queued"
+
+
+class BatchAccepted(BaseModel):
+    """``202`` for a batch: one entry per message, in the order sent."""
+
+    data: list[Accepted]
+
+
+class LastError(BaseModel):
+    code: int | None = Field(description="The SMTP reply code, if the server replied.")
+    message: str
+
+
+class JobStatus(BaseModel):
+    """``GET /email/{id}``."""
 
     id: str
-    status: str = "queued"
+    status: Literal["queued", "sending", "retrying", "sent", "failed", "undelivered"]
+    attempts: int
+    created_at: str = Field(description="RFC 3339, UTC.")
+    updated_at: str = Field(description="RFC 3339, UTC.")
+    last_error: LastError | None = Field(None, description="The last failure; absent once sent.")
+    failed_recipients: dict[str, str] | None = Field(
+        None, description="Recipients the server refused for good, with its reply."
+    )
+
+
+class FieldError(BaseModel):
+    field: str = Field(description='The request field, as "to[1]" or "[3].subject".')
+    rule: str = Field(description="The rule it broke, e.g. invalid_address.")
+    message: str
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Machine-readable; one of a closed set.")
+    message: str = Field(description="What to change, in one sentence.")
+    details: list[FieldError] | None = Field(None, description="With validation_error only.")
+
+
+class ErrorBody(BaseModel):
+    """Every error answer."""
+
+    error: ErrorDetail
+
+
+class Health(BaseModel):
+    """``GET /healthz``."""
+
+    status: Literal["ok", "shutting_down"]
+    queue_depth: int
+    queue_capacity: int
+    workers: int
+    outstanding: int
+    retrying: int
+
+
+class Ready(BaseModel):
+    """``GET /readyz`` when ready."""
+
+    status: Literal["ready"]

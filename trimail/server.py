@@ -1,0 +1,63 @@
+"""Serving the app with Hypercorn's trio worker, and the graceful stop on signals.
+
+SIGTERM or SIGINT starts the drain while the HTTP side keeps answering (new
+requests get ``503 shutting_down``); Hypercorn stops listening only once the
+dispatcher has finished. A second signal ends the grace period at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from .app import SHUTDOWN_MARGIN, TrimailApp, create_app
+from .config import Settings
+
+log = logging.getLogger("trimail.server")
+
+#: Listen backlog: Hypercorn's default of 100 overflows under bursts of new
+#: connections on a busy instance; the kernel caps it at somaxconn anyway.
+LISTEN_BACKLOG = 2048
+#: Seconds Hypercorn gives open connections to finish once the drain is over.
+GRACEFUL_HTTP_TIMEOUT = 3.0
+
+
+def hypercorn_config(settings: Settings) -> HypercornConfig:
+    """Hypercorn settings sized from ours: lifespan shutdown must outlast the drain."""
+    config = HypercornConfig()
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    config.bind = [f"{host}:{settings.port}"]
+    config.accesslog = None  # one log line per job is enough; access logs cost I/O per request
+    config.errorlog = logging.getLogger("trimail.server")
+    config.backlog = LISTEN_BACKLOG
+    config.graceful_timeout = GRACEFUL_HTTP_TIMEOUT
+    config.shutdown_timeout = settings.shutdown_grace + 2 * SHUTDOWN_MARGIN
+    return config
+
+
+async def serve(settings: Settings, app: TrimailApp | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, drain while still answering, then return."""
+    app = app or create_app(settings, setup_logging=False)
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+
+        async def drain_on_signal() -> None:
+            async for signum in signals:
+                log.info("received %s: finishing accepted jobs", signal.Signals(signum).name)
+                break
+            async with trio.open_nursery() as nursery:
+
+                async def hurry_on_second_signal() -> None:
+                    async for signum in signals:
+                        log.warning("received %s again: stopping now", signal.Signals(signum).name)
+                        app.dispatcher.stop_now()
+
+                nursery.start_soon(hurry_on_second_signal)
+                await app.dispatcher.shutdown()
+                nursery.cancel_scope.cancel()
+
+        await hypercorn_serve(app, hypercorn_config(settings), shutdown_trigger=drain_on_signal)
+    log.info("stopped")
