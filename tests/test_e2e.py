@@ -108,7 +108,9 @@ def _read_response(sock: socket.socket) -> bytes:
     head, _, body = data.partition(b"\r\n\r\n")
     length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))  # type: ignore[union-attr]
     while len(body) < length:
-        body += sock.recv(65536)
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed after {len(body)} of {length} body bytes: {head!r}"
+        body += chunk
     return head
 
 
@@ -251,3 +253,22 @@ def test_port_in_use_is_a_clear_error(services: list[Service], tmp_path: Path) -
         assert service.wait() == 1
     assert f"cannot listen on 127.0.0.1:{port}" in service.log()
     assert "Traceback" not in service.log()
+
+
+def test_slow_drip_body_times_out_while_others_are_served(
+    services: list[Service], tmp_path: Path
+) -> None:
+    """A body that never finishes gets 408 after the request timeout; others get 202 meanwhile."""
+    service = start(services, tmp_path, "--dev", "--outbox", str(tmp_path / "o"), "--port", "0",
+                    "--request-timeout", "1")  # fmt: skip
+    url = service.wait_ready()
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    body = json.dumps(MAIL).encode()
+    head, _ = _request("POST", "/email/send", body)
+    with socket.create_connection((host, int(port)), timeout=10) as slow:
+        slow.sendall(head + body[:10])  # and the rest never comes
+        assert httpx.post(f"{url}/email/send", json=MAIL, timeout=10).status_code == 202
+        reply = _read_response(slow)
+    assert reply.startswith(b"HTTP/1.1 408")
+    service.signal(signal.SIGTERM)
+    assert service.wait() == 0

@@ -82,6 +82,7 @@ def create_app(
     app = TrimailApp(__name__)
     app.settings = settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    app.config["BODY_TIMEOUT"] = settings.request_timeout  # a slow drip ends in a 408
     # quart-trio puts this deadline on the nursery that runs the dispatcher, and
     # starts it before after_serving runs: it must outlast the drain.
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = settings.shutdown_grace + SHUTDOWN_MARGIN

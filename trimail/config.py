@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(
         10 * MiB, ge=1024, description="Largest request body accepted, in bytes (else 413)."
     )
+    request_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a request body may take to arrive (else 408), and that a "
+        "connection may stay silent mid-request.",
+    )
     workers: int = Field(8, ge=1, le=1024, description="Worker tasks, one SMTP connection each.")
     queue_size: int = Field(10_000, ge=1, description="Jobs the in-memory queue holds (else 503).")
     smtp_host: str = Field("localhost", description="SMTP server to deliver through.")

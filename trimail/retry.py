@@ -81,6 +81,11 @@ def describe(exc: BaseException) -> tuple[int | None, str]:
         return exc.smtp_code, " ".join(reply.split())
     if isinstance(exc, ssl.SSLCertVerificationError):
         return None, f"TLS certificate verification failed: {exc.verify_message}"
-    if isinstance(exc, TimeoutError):
+    if isinstance(exc, TimeoutError) or (
+        # smtplib turns a read that timed out into SMTPServerDisconnected("Connection
+        # unexpectedly closed: timed out"): the server did not close anything.
+        isinstance(exc, smtplib.SMTPServerDisconnected)
+        and isinstance(exc.__context__, TimeoutError)
+    ):
         return None, "timed out waiting for the SMTP server"
     return None, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -8,6 +8,7 @@ dispatcher has finished. A second signal ends the grace period at once.
 from __future__ import annotations
 
 import logging
+import math
 import signal
 
 import trio
@@ -24,6 +25,8 @@ log = logging.getLogger("trimail.server")
 LISTEN_BACKLOG = 2048
 #: Seconds Hypercorn gives open connections to finish once the drain is over.
 GRACEFUL_HTTP_TIMEOUT = 3.0
+#: Seconds Hypercorn's read timeout waits beyond TRIMAIL_REQUEST_TIMEOUT (see hypercorn_config).
+READ_TIMEOUT_MARGIN = 5.0
 
 
 def hypercorn_config(settings: Settings) -> HypercornConfig:
@@ -35,6 +38,9 @@ def hypercorn_config(settings: Settings) -> HypercornConfig:
     config.errorlog = logging.getLogger("trimail.server")
     config.backlog = LISTEN_BACKLOG
     config.graceful_timeout = GRACEFUL_HTTP_TIMEOUT
+    # A connection silent this long is closed; later than the app's own body timeout,
+    # so that a slow body still gets its 408 answer before the connection goes.
+    config.read_timeout = math.ceil(settings.request_timeout + READ_TIMEOUT_MARGIN)
     config.shutdown_timeout = settings.shutdown_grace + 2 * SHUTDOWN_MARGIN
     return config
 

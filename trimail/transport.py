@@ -106,6 +106,9 @@ class SMTPTransport:
         else:
             smtp = smtplib.SMTP(local_hostname=local_hostname(), timeout=self.timeout)
         self._smtp = smtp  # before connecting, so that abort() can reach its socket
+        # smtplib records the host only when it is given to the constructor (bpo-36094);
+        # starttls() and SMTP_SSL send it as SNI and verify the certificate against it.
+        smtp._host = self.host  # type: ignore[attr-defined]
         code, reply = smtp.connect(self.host, self.port)
         if code != 220:
             raise smtplib.SMTPConnectError(code, reply)
