@@ -17,7 +17,7 @@ from trimail.config import SMTPSecurity
 from trimail.dispatcher import Dispatcher
 from trimail.models import SendRequest
 from trimail.retry import RetryPolicy
-from trimail.transport import SMTPTransport, Transport
+from trimail.transport import SMTPTransport, Transport, make_tls_context
 
 from .conftest import final_lines, wait_until
 from .smtpserver import SMTPTestServer
@@ -36,8 +36,13 @@ def message(*to: str, **changes: Any) -> SendRequest:
     return SendRequest.model_validate(body)
 
 
+TLS_CONTEXT = make_tls_context()  # unused with security none, but costly to build per worker
+
+
 def smtp_factory(port: int) -> Callable[[], Transport]:
-    return lambda: SMTPTransport("127.0.0.1", port, security=SMTPSecurity.NONE, timeout=5)
+    return lambda: SMTPTransport(
+        "127.0.0.1", port, security=SMTPSecurity.NONE, timeout=5, tls_context=TLS_CONTEXT
+    )
 
 
 @asynccontextmanager

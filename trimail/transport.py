@@ -182,7 +182,7 @@ class SMTPTransport:
                     refused[recipient] = (code, _reply_text(reply))
             accepted = tuple(r for r in envelope.recipients if r not in refused)
             if not accepted:
-                smtp.rset()
+                self._reset(smtp)
                 return SendResult(accepted=(), refused=refused)
             code, reply = smtp.data(envelope.data)  # raises SMTPDataError if DATA is refused
             if code != 250:  # ...but only returns the reply to the message itself
@@ -205,6 +205,19 @@ class SMTPTransport:
             return True
         self._drop()
         return False
+
+    def _reset(self, smtp: smtplib.SMTP) -> None:
+        """RSET after every recipient was refused; drop the connection unless it worked.
+
+        The refusals are the outcome either way: a failed RSET must neither replace
+        them nor leave the refused transaction open under the next MAIL FROM.
+        """
+        try:
+            code, _ = smtp.rset()
+        except (smtplib.SMTPException, OSError):
+            code = -1
+        if code != 250:
+            self._drop()
 
     def _drop(self) -> None:
         smtp, self._smtp = self._smtp, None
