@@ -88,7 +88,10 @@ def parse_json(body: str | bytes) -> Any:
         raise ValueError(f"{name} is not valid JSON")
 
     try:
-        return json.loads(body, parse_constant=refuse_constant)
+        # Decode here: json.loads(bytes) would also take UTF-16 and UTF-32, and decodes
+        # with surrogatepass, so UTF-8-encoded surrogates would pass as text.
+        text = body.decode("utf-8") if isinstance(body, bytes) else body
+        return json.loads(text, parse_constant=refuse_constant)
     except UnicodeDecodeError:
         raise errors.InvalidJSON("the request body is not valid UTF-8") from None
     except (ValueError, RecursionError) as exc:

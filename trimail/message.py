@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from email import errors, policy
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.parser import BytesHeaderParser
+from email.parser import BytesHeaderParser, BytesParser
 
 from .errors import PermanentDeliveryError
 from .models import Mailbox, SendRequest
@@ -24,6 +24,10 @@ _BODY_DEFECTS = (
     errors.StartBoundaryNotFoundDefect,
     errors.CloseBoundaryNotFoundDefect,
     errors.MultipartInvariantViolationDefect,
+)
+#: The only headers a MIME part of ours has.
+_PART_HEADERS = frozenset(
+    {"content-type", "content-transfer-encoding", "content-disposition", "mime-version"}
 )
 #: Bodies are always 7-bit (quoted-printable or base64), so no server needs 8BITMIME.
 ASCII_POLICY = policy.SMTP.clone(cte_type="7bit")
@@ -91,7 +95,7 @@ def build_message(request: SendRequest, job_id: str) -> EmailMessage:
 
 
 def _check_headers(data: bytes, request: SendRequest) -> None:
-    """Refuse serialized bytes whose top-level headers are not exactly the ones we set."""
+    """Refuse bytes whose headers are not exactly the ones we set, each once, MIME parts too."""
     head, _, _ = data.partition(b"\r\n\r\n")
     if any(len(line) > MAX_LINE_OCTETS for line in head.split(b"\r\n")):
         raise PermanentDeliveryError("built message has a header line over 998 octets")
@@ -103,14 +107,23 @@ def _check_headers(data: bytes, request: SendRequest) -> None:
         expected.add("cc")
     if request.reply_to:
         expected.add("reply-to")
-    unexpected = {name.lower() for name in parsed} - expected
+    names = [name.lower() for name in parsed]
+    unexpected = set(names) - expected
+    repeated = {name for name in names if names.count(name) > 1}  # a second From, Subject...
     # Parsing the head alone makes multipart defects (no body, no boundaries): ignore
     # those, but not e.g. a line without a colon, which would end the header block.
     defects = [d for d in parsed.defects if not isinstance(d, _BODY_DEFECTS)]
-    if unexpected or defects:
+    if unexpected or repeated or defects:
         raise PermanentDeliveryError(
-            f"built message failed the header check (unexpected: {sorted(unexpected)})"
+            "built message failed the header check "
+            f"(unexpected: {sorted(unexpected)}, repeated: {sorted(repeated)})"
         )
+    for part in list(BytesParser(policy=policy.compat32).parsebytes(data).walk())[1:]:
+        part_names = [name.lower() for name in part]
+        if len(set(part_names)) != len(part_names) or not set(part_names) <= _PART_HEADERS:
+            raise PermanentDeliveryError(
+                f"built message failed the header check (a MIME part has {part_names})"
+            )
 
 
 def build_envelope(request: SendRequest, job_id: str) -> Envelope:

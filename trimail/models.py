@@ -35,11 +35,14 @@ from pydantic_core import PydanticCustomError
 #: C0 controls (CR, LF and TAB included), DEL, C1 controls (NEL included) and the
 #: Unicode line and paragraph separators: none of them may reach a header.
 FORBIDDEN_IN_HEADERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-_ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=")
+#: Lone UTF-16 surrogates: JSON can carry them (``"\\ud800"``), UTF-8 cannot.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+#: Encoded-words as lenient readers (the email package's among them) see them: with
+#: blanks inside or an empty charset too, not only in the strict RFC 2047 form.
+_ENCODED_WORD = re.compile(r"=\?[^?]*\?[bBqQ]\?[^?]*\?=")
 #: RFC 5322 field name: printable US-ASCII except the colon.
 _FIELD_NAME = re.compile(r"[!-9;-~]+")
 _CONTENT_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+")
-_NAME_AND_ADDRESS = re.compile(r"(?P<name>.*?)\s*<(?P<address>[^<>]*)>", re.DOTALL)
 
 #: Headers trimail writes itself; a request may not set them through ``headers``.
 STRUCTURAL_HEADERS = frozenset(
@@ -49,6 +52,8 @@ MAX_SUBJECT_CHARS = 998  # RFC 5322's line limit; longer subjects are folded whe
 MAX_HEADER_VALUE_CHARS = 998
 MAX_HEADER_NAME_CHARS = 76  # leaves room for ": " and a folded value within 78 columns
 MAX_FILENAME_CHARS = 255  # the common filesystem limit
+#: A name cannot be folded: it must fit a 998-octet line even at 4 octets a character.
+MAX_DISPLAY_NAME_CHARS = 200
 DEFAULT_MAX_RECIPIENTS = 50
 
 
@@ -58,6 +63,7 @@ def check_header_text(value: str, what: str, field: str | None = None) -> str:
     ``field``, when given, names the request field in the error (``headers.X-Tag``).
     """
     where = {"field": field} if field else {}
+    check_encodable(value, what, field)
     found = FORBIDDEN_IN_HEADERS.search(value)
     if found:
         raise PydanticCustomError(
@@ -83,6 +89,30 @@ def check_header_text(value: str, what: str, field: str | None = None) -> str:
                 {"what": what, **where},
             )
     return value
+
+
+def check_encodable(value: str, what: str, field: str | None = None) -> str:
+    """Return ``value`` if it can be encoded as UTF-8, else raise ``invalid_unicode``."""
+    if _SURROGATE.search(value):
+        raise PydanticCustomError(
+            "invalid_unicode",
+            "{what} contains an unpaired surrogate (U+D800 to U+DFFF), which is not text",
+            {"what": what, **({"field": field} if field else {})},
+        )
+    return value
+
+
+def _split_name_and_address(value: str) -> tuple[str, str]:
+    """``"Name <addr>"`` into name and address, else ``("", value)``, in linear time.
+
+    The same result as fullmatching ``(.*?)\\s*<([^<>]*)>``, which backtracks
+    quadratically on a long run of blanks (minutes for a few hundred kB).
+    """
+    if value.endswith(">"):
+        name, bracket, address = value[:-1].rpartition("<")
+        if bracket and ">" not in address:
+            return name.rstrip(), address
+    return "", value
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,11 +147,16 @@ def parse_mailbox(value: Any) -> Mailbox:
     if not isinstance(value, str):
         raise PydanticCustomError("string_type", "Input should be a valid string")
     check_header_text(value, "an address")
-    match = _NAME_AND_ADDRESS.fullmatch(value.strip())
-    name, address = (match["name"], match["address"]) if match else ("", value.strip())
+    name, address = _split_name_and_address(value.strip())
     name = name.strip()
     if len(name) >= 2 and name[0] == name[-1] == '"':
         name = name[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+    if len(name) > MAX_DISPLAY_NAME_CHARS:
+        raise PydanticCustomError(
+            "name_too_long",
+            "a display name must be at most {limit} characters",
+            {"limit": MAX_DISPLAY_NAME_CHARS},
+        )
     try:
         valid = validate_email(address, check_deliverability=False, allow_smtputf8=True)
     except EmailNotValidError as exc:
@@ -201,6 +236,12 @@ class Attachment(BaseModel):
                 "invalid_content_type",
                 "content_type must look like type/subtype, for example application/pdf",
             )
+        if value is not None and value.lower().startswith(("multipart/", "message/")):
+            raise PydanticCustomError(
+                "invalid_content_type",
+                "content_type cannot be multipart/* or message/* (an attachment travels "
+                "base64-encoded); send it as application/octet-stream",
+            )
         return value.lower() if value else value
 
     @property
@@ -243,6 +284,22 @@ class SendRequest(BaseModel):
     )
     attachments: list[Attachment] = Field(default_factory=list, description="Files to attach.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _recipient_count_first(cls, data: Any, info: ValidationInfo) -> Any:
+        """Refuse too many recipients before checking each address (work per address)."""
+        if isinstance(data, dict):
+            limit = (info.context or {}).get("max_recipients", DEFAULT_MAX_RECIPIENTS)
+            given = [data.get(name) for name in ("to", "cc", "bcc")]
+            count = sum(len(v) if isinstance(v, list) else 1 for v in given if v is not None)
+            if count > limit:
+                raise PydanticCustomError(
+                    "too_many_recipients",
+                    "to, cc and bcc together hold {count} addresses; at most {limit} are allowed",
+                    {"field": "to", "count": count, "limit": limit},
+                )
+        return data
+
     @field_validator("from_", mode="after")
     @classmethod
     def _sender_or_default(cls, value: Mailbox | None, info: ValidationInfo) -> Mailbox:
@@ -262,10 +319,23 @@ class SendRequest(BaseModel):
             raise PydanticCustomError("empty", "subject must not be empty or blank")
         return check_header_text(value, "subject")
 
+    @field_validator("text", "html")
+    @classmethod
+    def _body_encodable(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return value if value is None else check_encodable(value, info.field_name or "body")
+
     @field_validator("headers")
     @classmethod
     def _extra_headers_safe(cls, value: dict[str, str]) -> dict[str, str]:
+        seen: set[str] = set()
         for name, text in value.items():
+            if name.lower() in seen:
+                raise PydanticCustomError(
+                    "duplicate_header",
+                    "header '{name}' is given twice (header names are case-insensitive)",
+                    {"name": name, "field": f"headers.{name}"},
+                )
+            seen.add(name.lower())
             if len(name) > MAX_HEADER_NAME_CHARS or not _FIELD_NAME.fullmatch(name):
                 raise PydanticCustomError(
                     "invalid_header_name",
@@ -289,21 +359,9 @@ class SendRequest(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _cross_field_rules(self, info: ValidationInfo) -> SendRequest:
+    def _body_given(self) -> SendRequest:
         if self.text is None and self.html is None:
-            raise PydanticCustomError(
-                "body_required",
-                "give text, html or both",
-                {"field": "text"},
-            )
-        limit = (info.context or {}).get("max_recipients", DEFAULT_MAX_RECIPIENTS)
-        count = len(self.to) + len(self.cc) + len(self.bcc)
-        if count > limit:
-            raise PydanticCustomError(
-                "too_many_recipients",
-                "to, cc and bcc together hold {count} addresses; at most {limit} are allowed",
-                {"field": "to", "count": count, "limit": limit},
-            )
+            raise PydanticCustomError("body_required", "give text, html or both", {"field": "text"})
         return self
 
     @property
