@@ -44,7 +44,11 @@ def message_from(message: Mapping[str, Any] | None, fields: Mapping[str, Any]) -
 
 
 class _Calls:
-    """What both clients share: headers, the retry decision, reading answers."""
+    """What both clients share: headers, requests, the retry decision, reading answers.
+
+    The two clients differ only in how they wait (``time.sleep`` or ``anyio.sleep``)
+    and how they do I/O; everything else is here, once.
+    """
 
     def __init__(self, api_key: str | None, max_retries: int, max_retry_wait: float) -> None:
         self.headers = {"User-Agent": "trimail-client"}
@@ -76,8 +80,31 @@ class _Calls:
         raise from_answer(answer.status_code, body, _retry_after(answer))
 
     @staticmethod
-    def idempotent(key: str | None) -> dict[str, str]:
-        return {"Idempotency-Key": key or str(uuid.uuid4())}
+    def send(
+        message: Mapping[str, Any] | None, key: str | None, fields: Mapping[str, Any]
+    ) -> Request:
+        return "POST", "/email/send", {"json": message_from(message, fields), "headers": _key(key)}
+
+    @staticmethod
+    def send_batch(messages: Sequence[Mapping[str, Any]], key: str | None) -> Request:
+        body = [dict(message) for message in messages]
+        return "POST", "/email/batch", {"json": body, "headers": _key(key)}
+
+    @staticmethod
+    def status(job_id: str) -> Request:
+        return "GET", f"/email/{job_id}", {}
+
+
+Request = tuple[str, str, dict[str, Any]]
+
+
+def _key(key: str | None) -> dict[str, str]:
+    """The Idempotency-Key of one call, kept across its retries: a new UUID unless given."""
+    return {"Idempotency-Key": key or str(uuid.uuid4())}
+
+
+def _jobs(answer: Any) -> list[Accepted]:
+    return [Accepted.model_validate(job) for job in answer["data"]]
 
 
 def _retry_after(answer: httpx.Response) -> int | None:
@@ -112,7 +139,8 @@ class Client:
     def close(self) -> None:
         self._http.close()
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _call(self, request: Request) -> Any:
+        method, path, kwargs = request
         attempt = 0
         while True:
             attempt += 1
@@ -137,25 +165,17 @@ class Client:
         **fields: Any,
     ) -> Accepted:
         """Queue one email; returns the job (``.id``). Fields as in ``POST /email/send``."""
-        body = message_from(message, fields)
-        headers = self._calls.idempotent(idempotency_key)
-        return Accepted.model_validate(
-            self._call("POST", "/email/send", json=body, headers=headers)
-        )
+        return Accepted.model_validate(self._call(_Calls.send(message, idempotency_key, fields)))
 
     def send_batch(
         self, messages: Sequence[Mapping[str, Any]], *, idempotency_key: str | None = None
     ) -> list[Accepted]:
         """Queue 1 to 100 emails, all or none; returns the jobs in order."""
-        headers = self._calls.idempotent(idempotency_key)
-        answer = self._call(
-            "POST", "/email/batch", json=[dict(m) for m in messages], headers=headers
-        )
-        return [Accepted.model_validate(job) for job in answer["data"]]
+        return _jobs(self._call(_Calls.send_batch(messages, idempotency_key)))
 
     def status(self, job_id: str) -> JobStatus:
         """The job's status (queued, sending, retrying, sent, failed or undelivered)."""
-        return JobStatus.model_validate(self._call("GET", f"/email/{job_id}"))
+        return JobStatus.model_validate(self._call(_Calls.status(job_id)))
 
 
 class AsyncClient:
@@ -185,7 +205,8 @@ class AsyncClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+    async def _call(self, request: Request) -> Any:
+        method, path, kwargs = request
         attempt = 0
         while True:
             attempt += 1
@@ -210,20 +231,15 @@ class AsyncClient:
         **fields: Any,
     ) -> Accepted:
         """Queue one email; returns the job (``.id``). Fields as in ``POST /email/send``."""
-        body = message_from(message, fields)
-        headers = self._calls.idempotent(idempotency_key)
-        answer = await self._call("POST", "/email/send", json=body, headers=headers)
+        answer = await self._call(_Calls.send(message, idempotency_key, fields))
         return Accepted.model_validate(answer)
 
     async def send_batch(
         self, messages: Sequence[Mapping[str, Any]], *, idempotency_key: str | None = None
     ) -> list[Accepted]:
         """Queue 1 to 100 emails, all or none; returns the jobs in order."""
-        headers = self._calls.idempotent(idempotency_key)
-        body = [dict(m) for m in messages]
-        answer = await self._call("POST", "/email/batch", json=body, headers=headers)
-        return [Accepted.model_validate(job) for job in answer["data"]]
+        return _jobs(await self._call(_Calls.send_batch(messages, idempotency_key)))
 
     async def status(self, job_id: str) -> JobStatus:
         """The job's status (queued, sending, retrying, sent, failed or undelivered)."""
-        return JobStatus.model_validate(await self._call("GET", f"/email/{job_id}"))
+        return JobStatus.model_validate(await self._call(_Calls.status(job_id)))
