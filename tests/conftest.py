@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -13,7 +14,9 @@ import trio
 
 from trimail.app import TrimailApp, create_app
 from trimail.config import Settings
+from trimail.dispatcher import Dispatcher
 from trimail.jobs import Outcome
+from trimail.transport import Transport
 
 from .serving import services
 from .smtpserver import SMTPTestServer
@@ -79,9 +82,39 @@ async def wait_until(predicate: Any, timeout: float = 10.0) -> None:
     raise AssertionError("condition not reached in time")
 
 
+@asynccontextmanager
+async def running_dispatcher(
+    transport_factory: Callable[[], Transport], **kwargs: Any
+) -> AsyncIterator[Dispatcher]:
+    """A started dispatcher; on exit it drains (with its grace), or stops at once on an error."""
+    dispatcher = Dispatcher(transport_factory, **kwargs)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(dispatcher.run)
+        try:
+            yield dispatcher
+        except BaseException:
+            dispatcher.stop_now()  # a frozen test clock would never end the grace
+            raise
+        finally:
+            await dispatcher.shutdown()
+
+
+async def drained(dispatcher: Dispatcher) -> None:
+    """Wait until every accepted job has its final outcome."""
+    await wait_until(lambda: dispatcher.outstanding == 0)
+
+
 @pytest.fixture(autouse=True)
 def _capture_info(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="trimail")
 
 
-__all__ = ["Outcome", "final_lines", "services", "settings_for", "wait_until"]
+__all__ = [
+    "Outcome",
+    "drained",
+    "final_lines",
+    "running_dispatcher",
+    "services",
+    "settings_for",
+    "wait_until",
+]

@@ -6,8 +6,8 @@ take milliseconds; every job's fate is read from the ledger of final log lines.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import pytest
@@ -19,7 +19,7 @@ from trimail.models import SendRequest
 from trimail.retry import RetryPolicy
 from trimail.transport import SMTPTransport, Transport, make_tls_context
 
-from .conftest import final_lines, wait_until
+from .conftest import drained, final_lines, running_dispatcher, wait_until
 from .smtpserver import SMTPTestServer
 
 LONGEST = RetryPolicy(base_delay=10, max_delay=1000, max_attempts=5, uniform=lambda lo, hi: hi)
@@ -45,21 +45,10 @@ def smtp_factory(port: int) -> Callable[[], Transport]:
     )
 
 
-@asynccontextmanager
-async def running(port: int, **kwargs: Any) -> AsyncIterator[Dispatcher]:
-    """A started dispatcher, shut down (with its grace) on exit."""
+def running(port: int, **kwargs: Any) -> AbstractAsyncContextManager[Dispatcher]:
+    """A started dispatcher delivering to ``port``, with long backoffs unless told otherwise."""
     kwargs.setdefault("retry", LONGEST)
-    dispatcher = Dispatcher(smtp_factory(port), **kwargs)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(dispatcher.run)
-        try:
-            yield dispatcher
-        finally:
-            await dispatcher.shutdown()
-
-
-async def drained(dispatcher: Dispatcher) -> None:
-    await wait_until(lambda: dispatcher.outstanding == 0)
+    return running_dispatcher(smtp_factory(port), **kwargs)
 
 
 async def test_transient_failures_are_retried_with_backoff(

@@ -37,7 +37,7 @@ from trimail.models import SendRequest
 from trimail.retry import RetryPolicy
 from trimail.transport import SMTPTransport, make_tls_context
 
-from .conftest import final_lines, wait_until
+from .conftest import drained, final_lines, running_dispatcher, wait_until
 from .smtpserver import Received, ScriptedHandler, SMTPTestServer, _AnyPort
 
 HOST = "127.0.0.1"
@@ -259,20 +259,8 @@ async def running(port: int, *, timeout: float = 5.0, **kwargs: Any) -> AsyncIte
             HOST, port, security=SMTPSecurity.NONE, timeout=timeout, tls_context=unused
         )
 
-    dispatcher = Dispatcher(factory, **kwargs)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(dispatcher.run)
-        try:
-            yield dispatcher
-        except BaseException:
-            dispatcher.stop_now()  # a frozen clock would never end the grace
-            raise
-        finally:
-            await dispatcher.shutdown()
-
-
-async def drained(dispatcher: Dispatcher) -> None:
-    await wait_until(lambda: dispatcher.outstanding == 0)
+    async with running_dispatcher(factory, **kwargs) as dispatcher:
+        yield dispatcher
 
 
 async def all_waiting_for_retry(dispatcher: Dispatcher, count: int) -> None:

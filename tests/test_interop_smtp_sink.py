@@ -43,7 +43,7 @@ from trimail.models import SendRequest
 from trimail.retry import RetryPolicy
 from trimail.transport import SMTPTransport, local_hostname
 
-from .conftest import final_lines, wait_until
+from .conftest import drained, final_lines, running_dispatcher, wait_until
 
 SMTP_SINK = Path("/usr/sbin/smtp-sink")
 HOST = "127.0.0.1"
@@ -249,17 +249,8 @@ async def running(
             password="secret" if username else None,
         )
 
-    dispatcher = Dispatcher(factory, **kwargs)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(dispatcher.run)
-        try:
-            yield dispatcher
-        finally:
-            await dispatcher.shutdown()
-
-
-async def drained(dispatcher: Dispatcher) -> None:
-    await wait_until(lambda: dispatcher.outstanding == 0)
+    async with running_dispatcher(factory, **kwargs) as dispatcher:
+        yield dispatcher
 
 
 def attempts(caplog: pytest.LogCaptureFixture, job: Job) -> list[Any]:
