@@ -19,6 +19,12 @@ from .serving import MAIL, Service, final_outcomes, start, start_command, wait_f
 from .smtpserver import SMTPTestServer
 
 
+def provider(smtp_server: SMTPTestServer) -> list[str]:
+    """Flags that point trimail serve at the test SMTP server, without TLS."""
+    return ["--smtp-host", "127.0.0.1", "--smtp-port", str(smtp_server.port),
+            "--smtp-security", "none"]  # fmt: skip
+
+
 def test_serve_accepts_while_provider_stalls_then_drains_on_sigterm(
     services: list[Service], tmp_path: Path, smtp_server: SMTPTestServer
 ) -> None:
@@ -28,12 +34,7 @@ def test_serve_accepts_while_provider_stalls_then_drains_on_sigterm(
         tmp_path,
         "--port",
         "0",
-        "--smtp-host",
-        "127.0.0.1",
-        "--smtp-port",
-        str(smtp_server.port),
-        "--smtp-security",
-        "none",
+        *provider(smtp_server),
         "--workers",
         "2",
     )
@@ -70,12 +71,7 @@ def test_grace_expiry_logs_not_delivered_and_exits_zero(
         tmp_path,
         "--port",
         "0",
-        "--smtp-port",
-        str(smtp_server.port),
-        "--smtp-host",
-        "127.0.0.1",
-        "--smtp-security",
-        "none",
+        *provider(smtp_server),
         "--shutdown-grace",
         "0.5",
     )
@@ -149,12 +145,7 @@ def test_second_signal_ends_the_grace(
         tmp_path,
         "--port",
         "0",
-        "--smtp-port",
-        str(smtp_server.port),
-        "--smtp-host",
-        "127.0.0.1",
-        "--smtp-security",
-        "none",
+        *provider(smtp_server),
         "--shutdown-grace",
         "600",
     )

@@ -135,10 +135,6 @@ class Settings(BaseSettings):
             return self.smtp_port
         return {SMTPSecurity.TLS: 465, SMTPSecurity.STARTTLS: 587}.get(self.smtp_security, 25)
 
-    @property
-    def auth_required(self) -> bool:
-        return bool(self.api_keys)
-
 
 def is_loopback(host: str) -> bool:
     """Whether ``host`` names this machine only (``localhost``, 127.0.0.0/8, ``::1``)."""
