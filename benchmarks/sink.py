@@ -102,6 +102,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="answer 451 to every n-th DATA; 0 never (mode's default)",
     )
+    parser.add_argument(
+        "--max-size", type=int, default=32 * 1024 * 1024, help="largest message in bytes"
+    )
     args = parser.parse_args(argv)
     delay, fail_every = MODES[args.mode]
     args.delay = delay if args.delay is None else args.delay
@@ -118,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     # so that only the main thread's sigwait() below receives them.
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     handler = SinkHandler(args.delay, args.fail_every)
-    smtp_kwargs: dict[str, Any] = {"data_size_limit": 10 * 1024 * 1024, "enable_SMTPUTF8": True}
+    smtp_kwargs: dict[str, Any] = {"data_size_limit": args.max_size, "enable_SMTPUTF8": True}
     controller = Controller(
         handler,
         hostname=args.host,

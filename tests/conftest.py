@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import socket
 import time
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 import trio
+from quart_trio.testing import TrioClient
 
 from trimail.app import TrimailApp, create_app
 from trimail.config import Settings
@@ -107,6 +109,28 @@ async def drained(dispatcher: Dispatcher) -> None:
 @pytest.fixture(autouse=True)
 def _capture_info(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="trimail")
+
+
+#: The addresses Hypercorn puts in the scope of a request over loopback TCP.
+LOOPBACK_SCOPE = {"server": ("127.0.0.1", 8080), "client": ("127.0.0.1", 50000)}
+
+
+class LoopbackClient(TrioClient):
+    """Quart's test client, with the scope of a real loopback TCP connection by default.
+
+    Quart's own test scope has no server address, which trimail (rightly) treats
+    like a Unix socket; ``scope_base`` still overrides it.
+    """
+
+    async def _make_request(self, *args: Any, **kwargs: Any) -> Any:
+        arguments = inspect.signature(super()._make_request).bind(*args, **kwargs).arguments
+        arguments["scope_base"] = {**LOOPBACK_SCOPE, **(arguments["scope_base"] or {})}
+        return await super()._make_request(**arguments)
+
+
+@pytest.fixture(autouse=True)
+def _loopback_test_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(TrimailApp, "test_client_class", LoopbackClient)
 
 
 __all__ = [

@@ -81,6 +81,20 @@ async def test_failed_job_reports_its_reason(
     assert body["last_error"]["code"] == 554
 
 
+async def test_every_recipient_refused_reports_the_reply(
+    keyed_app: TrimailApp, smtp_server: SMTPTestServer
+) -> None:
+    """A job whose only recipient was refused at RCPT is failed with that reply as last_error."""
+    smtp_server.fail("RCPT", "550 5.1.1 no such user")
+    sent = await keyed_app.test_client().post("/email/send", json=MAIL, headers=auth())
+    job_id = (await sent.get_json())["id"]
+    await wait_until(lambda: keyed_app.dispatcher.outstanding == 0)
+    _, body = await status_of(keyed_app, job_id)
+    assert body["status"] == "failed"
+    assert body["last_error"] == {"code": 550, "message": "550 5.1.1 no such user"}
+    assert body["failed_recipients"] == {"user@example.com": "550 5.1.1 no such user"}
+
+
 async def test_status_is_private_to_the_creating_key(keyed_app: TrimailApp) -> None:
     """Another API key, or an unknown id, gets 404 not_found."""
     sent = await keyed_app.test_client().post("/email/send", json=MAIL, headers=auth())
@@ -176,7 +190,7 @@ async def test_metrics_count_requests_attempts_and_outcomes(
     await client.post("/email/send", json=MAIL, headers=auth())
     await client.post("/email/send", json={}, headers=auth())
     await wait_until(lambda: keyed_app.dispatcher.retrying == 1)
-    text = (await (await client.get("/metrics")).get_data()).decode()
+    text = (await (await client.get("/metrics", headers=auth())).get_data()).decode()
     assert 'trimail_http_requests_total{route="/email/send",status="202"} 1.0' in text
     assert 'trimail_http_requests_total{route="/email/send",status="422"} 1.0' in text
     assert 'trimail_delivery_attempts_total{code_class="4xx",result="transient"} 1.0' in text
@@ -223,3 +237,27 @@ async def test_invalid_idempotency_key_is_400(keyed_app: TrimailApp) -> None:
     response = await keyed_app.test_client().post("/email/send", json=MAIL, headers=headers)
     assert response.status_code == 400
     assert (await response.get_json())["error"]["code"] == "invalid_idempotency_key"
+
+
+async def test_a_replay_is_answered_during_the_drain(smtp_server: SMTPTestServer) -> None:
+    """While draining, a known Idempotency-Key is answered again; a new request gets 503, close."""
+    smtp_server.hold()
+    app = create_app(settings_for(smtp_server, workers=1), setup_logging=False)
+    async with app.test_app():
+        client = app.test_client()
+        headers = {"Idempotency-Key": "order-7"}
+        first = await client.post("/email/send", json=MAIL, headers=headers)
+        await wait_until(lambda: smtp_server.holding)  # the drain cannot end yet
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(app.dispatcher.shutdown)
+            await wait_until(lambda: not app.dispatcher.accepting)
+            again = await client.post("/email/send", json=MAIL, headers=headers)
+            assert again.status_code == 202
+            assert again.headers["Idempotent-Replayed"] == "true"
+            assert await again.get_json() == await first.get_json()
+            new = await client.post("/email/send", json=MAIL, headers={"Idempotency-Key": "new"})
+            assert new.status_code == 503
+            assert (await new.get_json())["error"]["code"] == "shutting_down"
+            assert new.headers["Connection"] == "close"  # so the client reconnects elsewhere
+            smtp_server.release()
+    assert len(smtp_server.received) == 1

@@ -106,7 +106,7 @@ async def test_attempts_are_bounded(
     assert job.attempts == 5
     assert final_lines(caplog) == {job.id: ["failed"]}
     final = next(r for r in caplog.records if getattr(r, "event", "") == "final")
-    assert "ConnectionRefusedError" in final.getMessage()
+    assert final.getMessage().endswith(f"connection refused by 127.0.0.1:{closed_port}")
 
 
 async def test_partial_refusal(

@@ -7,14 +7,21 @@ and stops it with a signal by PID; every wait is bounded.
 from __future__ import annotations
 
 import json
-import re
 import signal
 import socket
 import time
 from pathlib import Path
 
 import httpx
+import pytest
+import trio
 
+from trimail.app import EXIT_DELIVERY_FAILED, create_app
+from trimail.server import serve
+
+from .apps import broken_transport
+from .conftest import settings_for
+from .rawhttp import address, closes, read_response, request_head
 from .serving import MAIL, Service, final_outcomes, start, start_command, wait_for
 from .smtpserver import SMTPTestServer
 
@@ -86,30 +93,6 @@ def test_grace_expiry_logs_not_delivered_and_exits_zero(
     assert smtp_server.received == []
 
 
-def _request(method: str, path: str, body: bytes) -> tuple[bytes, bytes]:
-    head = (
-        f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode()
-    return head, body
-
-
-def _read_response(sock: socket.socket) -> bytes:
-    """One whole HTTP/1.1 response (head and Content-Length body) from ``sock``."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"connection closed before a response: {data!r}"
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))  # type: ignore[union-attr]
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        assert chunk, f"connection closed after {len(body)} of {length} body bytes: {head!r}"
-        body += chunk
-    return head
-
-
 def test_kept_alive_connection_survives_early_answers(
     services: list[Service], tmp_path: Path
 ) -> None:
@@ -119,18 +102,29 @@ def test_kept_alive_connection_survives_early_answers(
     leave the next request on the same connection without an answer.
     """
     service = start(services, tmp_path, "--dev", "--outbox", str(tmp_path / "o"), "--port", "0")
-    host, port = service.wait_ready().removeprefix("http://").rsplit(":", 1)
+    server = address(service.wait_ready())
     body = json.dumps(MAIL).encode()
-    for method, path in [("POST", "/nope"), ("PUT", "/email/send"), ("POST", "/email/send")]:
-        with socket.create_connection((host, int(port)), timeout=10) as sock:
+    routes = [
+        ("POST", "/nope"),
+        ("PUT", "/email/send"),
+        ("POST", "/email/send"),
+        ("GET", "/healthz"),
+        ("OPTIONS", "/email/send"),
+        ("GET", f"/email/{'0' * 32}"),
+    ]
+    for method, path in routes:
+        with socket.create_connection(server, timeout=10) as sock:
             for _ in range(3):
-                head, payload = _request(method, path, body)
-                sock.sendall(head)
+                sock.sendall(request_head(method, path, len(body)))
                 time.sleep(0.05)  # the body arrives after the headers, as httpx sends them
-                sock.sendall(payload)
-                reply = _read_response(sock)  # a hang here times out the socket and fails
+                sock.sendall(body)
+                try:
+                    reply, _ = read_response(sock)  # a stall times out the socket and fails
+                except (AssertionError, BrokenPipeError, ConnectionResetError):
+                    break  # the server ended the connection: the client reconnects
                 assert reply.startswith(b"HTTP/1.1 "), (method, path, reply)
                 if b"connection: close" in reply.lower():
+                    assert closes(sock)
                     break
     service.signal(signal.SIGTERM)
     assert service.wait() == 0
@@ -253,13 +247,40 @@ def test_slow_drip_body_times_out_while_others_are_served(
     service = start(services, tmp_path, "--dev", "--outbox", str(tmp_path / "o"), "--port", "0",
                     "--request-timeout", "1")  # fmt: skip
     url = service.wait_ready()
-    host, port = url.removeprefix("http://").rsplit(":", 1)
     body = json.dumps(MAIL).encode()
-    head, _ = _request("POST", "/email/send", body)
-    with socket.create_connection((host, int(port)), timeout=10) as slow:
-        slow.sendall(head + body[:10])  # and the rest never comes
+    with socket.create_connection(address(url), timeout=10) as slow:
+        slow.sendall(request_head("POST", "/email/send", len(body)) + body[:10])  # no more
         assert httpx.post(f"{url}/email/send", json=MAIL, timeout=10).status_code == 202
-        reply = _read_response(slow)
+        reply, _ = read_response(slow)
     assert reply.startswith(b"HTTP/1.1 408")
     service.signal(signal.SIGTERM)
     assert service.wait() == 0
+
+
+async def test_serve_stops_with_an_error_status_when_delivery_stops() -> None:
+    """A dispatcher that dies ends trimail serve with status 70 and a line saying why."""
+    settings = settings_for(port=0)
+    app = create_app(settings, transport_factory=broken_transport, setup_logging=False)
+    with trio.fail_after(30):
+        status = await serve(settings, app)
+    assert status == EXIT_DELIVERY_FAILED
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_plain_hypercorn_exits_when_delivery_stops(
+    services: list[Service], tmp_path: Path, workers: str
+) -> None:
+    """Under plain Hypercorn the worker process exits 70, after a critical line saying why.
+
+    With ``--workers 0`` the worker is the process. With worker processes,
+    Hypercorn 0.18's supervisor stops too, but exits 0 (its final join of the
+    exited workers overwrites their status).
+    """
+    command = ["-m", "hypercorn", "--worker-class", "trio", "--workers", workers,
+               "--bind", "127.0.0.1:0", "tests.apps:crashing_app()"]  # fmt: skip
+    service = start_command(services, tmp_path, command)
+    status = service.wait()  # it stops by itself
+    if workers == "0":
+        assert status == EXIT_DELIVERY_FAILED
+    assert "delivery stopped after an internal error" in service.log()
+    assert "a bug in the transport factory" in service.log()

@@ -25,6 +25,7 @@ def test_public_names() -> None:
             "SMTPSecurity",
             "SMTPTransport",
             "SendRequest",
+            "ServerBusy",
             "Settings",
             "ShuttingDown",
             "Transport",

@@ -331,7 +331,7 @@ async def test_provider_down_at_start_then_up(
     assert [job.attempts for job in jobs] == [2, 2, 2]
     for job in jobs:
         first, _ = attempt_records(caplog, job)
-        assert "ConnectionRefusedError" in first.getMessage()
+        assert "connection refused by 127.0.0.1:" in first.getMessage()
 
 
 async def test_silent_provider_times_out_then_a_real_one_takes_over(
@@ -375,7 +375,7 @@ async def test_silent_provider_fails_the_job_after_max_attempts(
     assert job.attempts == 2
     assert [r.result for r in attempt_records(caplog, job)] == ["transient failure"] * 2
     # What retry.describe() gives a timeout; smtplib wraps the TimeoutError of a read.
-    assert "timed out waiting for the SMTP server" in final_message(caplog, job)
+    assert "timed out waiting for 127.0.0.1:" in final_message(caplog, job)
 
 
 async def test_421_at_greeting_is_retried(
@@ -485,7 +485,7 @@ async def test_connection_dropped_before_data_is_retried(
     assert job.attempts == 2
     assert deliveries(provider) == {job.id: 1}
     first, _ = attempt_records(caplog, job)
-    assert "SMTPServerDisconnected" in first.getMessage()
+    assert "closed the connection" in first.getMessage()
 
 
 async def test_reply_to_the_message_lost_is_retried_and_may_duplicate(

@@ -417,7 +417,7 @@ async def test_stall_longer_than_the_timeout_is_retried(
     assert message_job_id(dump) == job.id
     assert dump.message.get_content() == text
     # smtplib reports both stalls as SMTPServerDisconnected; the log must say timeout.
-    assert "timed out waiting for the SMTP server" in attempts(caplog, job)[0].getMessage()
+    assert "timed out waiting for 127.0.0.1:" in attempts(caplog, job)[0].getMessage()
 
 
 # -- rejects and hang-ups --------------------------------------------------------------
@@ -486,7 +486,7 @@ async def test_hang_up_is_retried_until_the_last_attempt(
 
     assert final_lines(caplog) == {job.id: ["failed"]}
     assert [r.result for r in attempts(caplog, job)] == ["transient failure"] * 3
-    assert "SMTPServerDisconnected" in final_message(caplog, job)
+    assert final_message(caplog, job).endswith(f"127.0.0.1:{sink.port} closed the connection")
     await counters_reach(sink, sess=3, quit=0, mesg=3 if stage == "." else 0)
     if stage == ".":
         # The sink had the whole message each time but never said so: SMTP gives the

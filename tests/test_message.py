@@ -10,7 +10,7 @@ from typing import Any, cast
 import pytest
 
 from trimail.errors import PermanentDeliveryError
-from trimail.message import _check_headers, build_envelope
+from trimail.message import _check_headers, build_envelope, check_line_endings
 from trimail.models import SendRequest
 
 
@@ -149,3 +149,42 @@ def test_header_check_refuses_an_injected_header() -> None:
     data = b"From: a@example.com\r\nTo: b@example.com\r\nBcc: evil@example.com\r\n\r\nbody"
     with pytest.raises(PermanentDeliveryError, match="header check"):
         _check_headers(data, request())
+
+
+#: The line-ending tricks published as SMTP smuggling (SEC Consult, 2023): each hides
+#: an end-of-data marker that some servers honour and others do not.
+SMUGGLING = [
+    "\n.\r\n",
+    "\r\n.\n",
+    "\n.\n",
+    "\r.\r",
+    "\r\n.\r",
+    "\r.\r\n",
+    "\r\n\x00.\r\n",
+    "\n.\r\nMAIL FROM:<evil@example.net>\r\nRCPT TO:<victim@example.com>\r\nDATA\r\n",
+]
+
+
+@pytest.mark.parametrize("sequence", SMUGGLING)
+def test_smuggling_sequences_become_plain_crlf(sequence: str) -> None:
+    """In text, html and attachments alike, every line ending on the wire is CRLF."""
+    built = build_envelope(
+        request(
+            text=f"before{sequence}after",
+            html=f"<p>before{sequence}after</p>",
+            attachments=[{"filename": f"a{sequence.strip()[:1]}.txt", "content": "YQ=="}]
+            if sequence.isprintable()
+            else [],
+        ),
+        "job",
+    ).data
+    pairs = built.count(b"\r\n")
+    assert built.count(b"\r") == pairs
+    assert built.count(b"\n") == pairs
+
+
+@pytest.mark.parametrize("data", [b"a\nb\r\n", b"a\rb\r\n", b"a\r\n.\nb\r\n", b"a\r\r\n"])
+def test_a_bare_cr_or_lf_in_the_final_bytes_is_refused(data: bytes) -> None:
+    """Whatever builds the message, bytes with a CR or LF outside a CRLF pair are not sent."""
+    with pytest.raises(PermanentDeliveryError, match="bare CR or LF"):
+        check_line_endings(data)

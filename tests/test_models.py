@@ -215,11 +215,29 @@ def test_attachment_content_type_is_checked() -> None:
     assert found == [(("attachments", 0, "content_type"), "invalid_content_type")]
 
 
-def test_recipient_limit_counts_to_cc_and_bcc() -> None:
-    """to + cc + bcc together may not exceed the configured maximum."""
-    body = valid(to=["a@example.com", "b@example.com"], cc="c@example.com", bcc="d@example.com")
-    SendRequest.model_validate(body, context={"max_recipients": 4})
-    assert errors_of(body, max_recipients=3) == [((), "too_many_recipients")]
+def test_recipient_limit_counts_to_cc_bcc_and_reply_to() -> None:
+    """to + cc + bcc + reply_to together may not exceed the configured maximum."""
+    body = valid(
+        to=["a@example.com", "b@example.com"],
+        cc="c@example.com",
+        bcc="d@example.com",
+        reply_to="e@example.com",
+    )
+    SendRequest.model_validate(body, context={"max_recipients": 5})
+    assert errors_of(body, max_recipients=4) == [(("to",), "too_many_recipients")]
+
+
+def test_header_and_attachment_counts_are_bounded() -> None:
+    """At most 100 extra headers and 100 attachments; both breaches reported at once."""
+    attachment = {"filename": "a.txt", "content": "aGk="}
+    SendRequest.model_validate(
+        valid(headers={f"X-{n}": "v" for n in range(100)}, attachments=[attachment] * 100)
+    )
+    over = valid(headers={f"X-{n}": "v" for n in range(101)}, attachments=[attachment] * 101)
+    assert errors_of(over) == [
+        (("headers",), "too_many_headers"),
+        (("attachments",), "too_many_attachments"),
+    ]
 
 
 def test_envelope_recipients_are_unique_and_include_bcc() -> None:

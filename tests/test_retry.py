@@ -1,14 +1,8 @@
-"""The retry policy and failure classification (pure functions)."""
+"""The retry policy (pure functions)."""
 
 from __future__ import annotations
 
-import smtplib
-import ssl
-
-import pytest
-
-from trimail.errors import PermanentDeliveryError, TransientDeliveryError
-from trimail.retry import RetryPolicy, Verdict, classify, describe
+from trimail.retry import RetryPolicy, Verdict
 
 
 def test_backoff_is_full_jitter_up_to_the_exponential_ceiling() -> None:
@@ -31,39 +25,3 @@ def test_should_retry_stops_at_max_attempts_and_on_permanent() -> None:
     assert policy.should_retry(2, Verdict.TRANSIENT)
     assert not policy.should_retry(3, Verdict.TRANSIENT)
     assert not policy.should_retry(1, Verdict.PERMANENT)
-
-
-@pytest.mark.parametrize(
-    ("exc", "verdict"),
-    [
-        (ConnectionRefusedError(), Verdict.TRANSIENT),
-        (ConnectionResetError(), Verdict.TRANSIENT),
-        (TimeoutError(), Verdict.TRANSIENT),
-        (smtplib.SMTPServerDisconnected("gone"), Verdict.TRANSIENT),
-        (smtplib.SMTPConnectError(421, b"busy"), Verdict.TRANSIENT),
-        (smtplib.SMTPSenderRefused(451, b"later", "a@b.c"), Verdict.TRANSIENT),
-        (smtplib.SMTPDataError(452, b"full"), Verdict.TRANSIENT),
-        (smtplib.SMTPDataError(554, b"spam"), Verdict.PERMANENT),
-        (smtplib.SMTPSenderRefused(550, b"no", "a@b.c"), Verdict.PERMANENT),
-        (smtplib.SMTPNotSupportedError("no"), Verdict.PERMANENT),
-        (ssl.SSLCertVerificationError("bad cert"), Verdict.PERMANENT),
-        (TransientDeliveryError("x"), Verdict.TRANSIENT),
-        (PermanentDeliveryError("x"), Verdict.PERMANENT),
-        (ValueError("a bug"), Verdict.PERMANENT),
-    ],
-)
-def test_classify(exc: BaseException, verdict: Verdict) -> None:
-    """Only what may pass by itself is transient; unknown errors are permanent."""
-    assert classify(exc) is verdict
-
-
-def test_describe_gives_code_and_reply() -> None:
-    """The log gets the reply code and a one-line reply text."""
-    assert describe(smtplib.SMTPDataError(554, b"5.7.1 rejected\n  as spam")) == (
-        554,
-        "5.7.1 rejected as spam",
-    )
-    assert describe(ConnectionRefusedError(111, "Connection refused")) == (
-        None,
-        "ConnectionRefusedError: [Errno 111] Connection refused",
-    )

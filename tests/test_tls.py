@@ -7,7 +7,6 @@ certificate names the host it connects to (``127.0.0.1``, as an IP SAN).
 
 from __future__ import annotations
 
-import smtplib
 import socket
 import ssl
 import threading
@@ -25,10 +24,11 @@ from aiosmtpd.smtp import AuthResult
 
 from trimail.config import SMTPSecurity
 from trimail.dispatcher import Dispatcher
+from trimail.errors import PermanentDeliveryError, TransientDeliveryError
 from trimail.jobs import Job
 from trimail.message import Envelope, build_envelope
 from trimail.models import SendRequest
-from trimail.retry import RetryPolicy, Verdict, classify, describe
+from trimail.retry import RetryPolicy
 from trimail.transport import SMTPTransport, make_tls_context
 
 from .conftest import final_lines, wait_until
@@ -85,12 +85,14 @@ class Accounts:
     """An aiosmtpd ``authenticator`` with one account; it records every AUTH it judges."""
 
     logins: list[tuple[str, bool, Any]] = field(default_factory=list)
+    user: str = USER
+    password: str = PASSWORD
 
     def __call__(
         self, server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any
     ) -> AuthResult:
         login = auth_data.login.decode()
-        ok = login == USER and auth_data.password.decode() == PASSWORD
+        ok = login == self.user and auth_data.password.decode() == self.password
         self.logins.append((login, ok, session.peer))
         return AuthResult(success=ok, handled=False)
 
@@ -305,8 +307,7 @@ def test_abort_unblocks_a_send_held_over_tls(
     smtp.abort()
     thread.join(timeout=5)
     assert not thread.is_alive()
-    assert isinstance(outcome[0], (smtplib.SMTPServerDisconnected, OSError))
-    assert classify(outcome[0]) is Verdict.TRANSIENT
+    assert isinstance(outcome[0], TransientDeliveryError)
 
 
 def test_tls_handshake_with_a_silent_server_times_out(silent_port: int, ca_file: Path) -> None:
@@ -318,10 +319,10 @@ def test_tls_handshake_with_a_silent_server_times_out(silent_port: int, ca_file:
         timeout=0.5,
         tls_context=make_tls_context(ca_file),
     )
-    with pytest.raises(TimeoutError) as info:
+    with pytest.raises(TransientDeliveryError) as info:
         smtp.send(envelope())
-    assert classify(info.value) is Verdict.TRANSIENT
-    assert describe(info.value) == (None, "timed out waiting for the SMTP server")
+    assert info.value.reason == f"timed out waiting for {HOST}:{silent_port}"
+    assert isinstance(info.value.__cause__, TimeoutError)
 
 
 @pytest.mark.parametrize(
@@ -337,9 +338,10 @@ def test_without_the_ca_file_the_certificate_does_not_verify(
         server = starttls_server(serve, context)
     else:
         server = implicit_tls_server(serve, context)
-    with pytest.raises(ssl.SSLCertVerificationError) as info:
+    with pytest.raises(PermanentDeliveryError) as info:
         transport(server, security, tls_context=make_tls_context()).send(envelope())
-    assert classify(info.value) is Verdict.PERMANENT
+    assert info.value.reason.startswith(f"TLS certificate verification failed for {HOST}:")
+    assert isinstance(info.value.__cause__, ssl.SSLCertVerificationError)
     assert server.received == []
 
 
@@ -460,6 +462,42 @@ def test_auth_in_plain_text_to_loopback_is_allowed(serve: Callable[..., TLSServe
     assert server.handler.encrypted == [False]
 
 
+NON_ASCII_PASSWORD = "pässwörd-ñ"
+
+
+def test_non_ascii_credentials_log_in_with_utf8_plain(serve: Callable[..., TLSServer]) -> None:
+    """A password that is not ASCII is sent as UTF-8 with AUTH PLAIN (RFC 4616), and works."""
+    accounts = Accounts(user="mäiler", password=NON_ASCII_PASSWORD)
+    server = serve(authenticator=accounts, auth_require_tls=False)
+    smtp = transport(server, SMTPSecurity.NONE, username="mäiler", password=NON_ASCII_PASSWORD)
+    smtp.send(envelope())
+    smtp.close()
+    assert [(login, ok) for login, ok, _ in accounts.logins] == [("mäiler", True)]
+    assert len(server.received) == 1
+
+
+async def test_a_wrong_non_ascii_password_reveals_nothing(
+    serve: Callable[..., TLSServer],
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The job fails with the server's 535; no character of the password reaches a caller or log."""
+    accounts = Accounts(password="other")
+    server = serve(authenticator=accounts, auth_require_tls=False)
+    job = await deliver_one(
+        lambda: transport(server, SMTPSecurity.NONE, username=USER, password=NON_ASCII_PASSWORD)
+    )
+    assert final_lines(caplog) == {job.id: ["failed"]}
+    assert job.last_error_code == 535
+    assert job.last_error is not None
+    assert job.last_error.startswith("SMTP authentication failed (535")
+    for shown in (job.last_error, caplog.text):
+        assert "ä" not in shown
+        assert "ñ" not in shown
+        assert "\\xe4" not in shown
+        assert "position" not in shown  # the text of the UnicodeEncodeError it once was
+
+
 def test_credentials_are_not_sent_when_the_upgrade_fails(
     serve: Callable[..., TLSServer], ca: trustme.CA, ca_file: Path
 ) -> None:
@@ -475,7 +513,8 @@ def test_credentials_are_not_sent_when_the_upgrade_fails(
         username=USER,
         password=PASSWORD,
     )
-    with pytest.raises(ssl.SSLCertVerificationError):
+    with pytest.raises(PermanentDeliveryError) as info:
         smtp.send(envelope())
+    assert isinstance(info.value.__cause__, ssl.SSLCertVerificationError)
     assert accounts.logins == []
     assert server.received == []

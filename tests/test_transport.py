@@ -10,12 +10,13 @@ from typing import Any
 import pytest
 
 from trimail.config import SMTPSecurity
-from trimail.errors import PermanentDeliveryError
+from trimail.errors import PermanentDeliveryError, TransientDeliveryError
 from trimail.message import Envelope, build_envelope
 from trimail.models import SendRequest
 from trimail.transport import SMTPTransport
 
 from .smtpserver import SMTPTestServer
+from .test_message import SMUGGLING
 
 
 def envelope(**changes: Any) -> Envelope:
@@ -81,11 +82,12 @@ def test_421_on_reuse_reconnects(smtp_server: SMTPTestServer) -> None:
 
 
 def test_421_on_a_fresh_connection_is_an_error(smtp_server: SMTPTestServer) -> None:
-    """On a new connection a 421 is a real failure, raised for the caller to classify."""
+    """On a new connection a 421 is a real failure: transient, with the server's reply."""
     smtp_server.fail("MAIL", "421 4.3.2 shutting down")
-    with pytest.raises(smtplib.SMTPSenderRefused) as info:
+    with pytest.raises(TransientDeliveryError) as info:
         transport(smtp_server).send(envelope())
-    assert info.value.smtp_code == 421
+    assert (info.value.smtp_code, info.value.reason) == (421, "421 4.3.2 shutting down")
+    assert isinstance(info.value.__cause__, smtplib.SMTPSenderRefused)
 
 
 def test_some_recipients_refused(smtp_server: SMTPTestServer) -> None:
@@ -111,20 +113,35 @@ def test_all_recipients_refused_sends_no_data(smtp_server: SMTPTestServer) -> No
 
 
 def test_data_rejection_raises_and_drops_the_connection(smtp_server: SMTPTestServer) -> None:
-    """A refused DATA raises SMTPDataError; the next send starts a fresh session."""
+    """A refused DATA is a permanent failure; the next send starts a fresh session."""
     smtp_server.fail("DATA", "554 5.7.1 rejected as spam")
     smtp = transport(smtp_server)
-    with pytest.raises(smtplib.SMTPDataError) as info:
+    with pytest.raises(PermanentDeliveryError) as info:
         smtp.send(envelope())
     assert info.value.smtp_code == 554
+    assert isinstance(info.value.__cause__, smtplib.SMTPDataError)
     smtp.send(envelope())
     assert smtp_server.sessions == 2
 
 
 def test_provider_down_raises_connection_refused(closed_port: int) -> None:
-    """A refused connection surfaces as ConnectionRefusedError."""
-    with pytest.raises(ConnectionRefusedError):
+    """A refused connection is transient and named by the server's address, nothing else."""
+    with pytest.raises(TransientDeliveryError) as info:
         transport(closed_port).send(envelope())
+    assert info.value.reason == f"connection refused by 127.0.0.1:{closed_port}"
+    assert isinstance(info.value.__cause__, ConnectionRefusedError)
+
+
+def test_smuggled_commands_arrive_as_text_of_one_message(smtp_server: SMTPTestServer) -> None:
+    """Published smuggling sequences in a body give one transaction, text intact, dots stuffed."""
+    text = "".join(f"line{n}{sequence}" for n, sequence in enumerate(SMUGGLING))
+    transport(smtp_server).send(envelope(text=text))
+    [received] = smtp_server.received
+    assert received.mail_from == "sender@example.com"
+    assert received.rcpt_tos == ["a@example.com", "b@example.com"]
+    body = received.message.get_content()
+    assert "MAIL FROM:<evil@example.net>" in body  # as text, not as a command
+    assert body.count("\r\n.\r\n") == 7  # each lone dot line survives: smtplib stuffed it
 
 
 def test_smtputf8_when_offered(smtp_server: SMTPTestServer) -> None:
@@ -148,6 +165,31 @@ def test_starttls_required_but_not_offered(smtp_server: SMTPTestServer) -> None:
     """security=starttls against a server without STARTTLS fails permanently."""
     with pytest.raises(PermanentDeliveryError, match="STARTTLS"):
         transport(smtp_server, security=SMTPSecurity.STARTTLS).send(envelope())
+
+
+def test_cleartext_to_a_remote_server_is_warned_once(
+    smtp_server: SMTPTestServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """security=auto, no STARTTLS offered, a server elsewhere: one warning per server, mail sent."""
+    for _ in range(2):  # two connections, as two workers would open
+        smtp = transport(smtp_server, security=SMTPSecurity.AUTO)
+        smtp.local = False  # what a non-loopback host gives; the test server stays on loopback
+        smtp.send(envelope())
+        smtp.close()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        f"127.0.0.1:{smtp_server.port} does not offer STARTTLS: mail to it goes out unencrypted "
+        "(TRIMAIL_SMTP_SECURITY=auto); set starttls or tls to require encryption"
+    ]
+    assert len(smtp_server.received) == 2
+
+
+def test_cleartext_to_a_local_relay_is_not_warned(
+    smtp_server: SMTPTestServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A relay on this machine (loopback) is not warned about: nothing crosses a network."""
+    transport(smtp_server, security=SMTPSecurity.AUTO).send(envelope())
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
 
 
 def test_credentials_never_sent_in_plain_text_to_a_remote_host() -> None:
@@ -179,4 +221,4 @@ def test_abort_unblocks_a_send_in_progress(smtp_server: SMTPTestServer) -> None:
     smtp.abort()
     thread.join(timeout=5)
     assert not thread.is_alive()
-    assert isinstance(outcome[0], (smtplib.SMTPServerDisconnected, OSError))
+    assert isinstance(outcome[0], TransientDeliveryError)

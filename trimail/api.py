@@ -1,27 +1,28 @@
 """The HTTP routes and the JSON error answers.
 
-Sending is authenticate, validate, enqueue, answer: the request path does no
-I/O beyond reading the request, never talks to the SMTP server and never waits
-for room in the queue.
+Sending is validate, enqueue, answer (the gate in front has authenticated the
+caller and bounded the body): the request path does no I/O beyond reading the
+request, never talks to the SMTP server and never waits for room in the queue.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
+import trio
 from pydantic import ValidationError
 from quart import Blueprint, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter
 
 from . import errors
-from .config import is_loopback
+from .gate import OWNER
 from .idempotency import check_key, fingerprint
 from .jobs import Job
+from .jsonbody import parse_json, shorten
 from .metrics import CONTENT_TYPE_LATEST
 from .models import Attachment, BatchRequest, SendRequest
 
@@ -32,70 +33,29 @@ log = logging.getLogger("trimail.api")
 api = Blueprint("trimail", __name__)
 
 JSON_TYPE = "application/json"
-#: Sent with answers that may leave part of the request body unread (routing
-#: errors, 413, crashes): answering before the body has arrived can otherwise
-#: stall the next request on a kept-alive connection, so that connection ends.
-CLOSE = {"Connection": "close"}
+#: Bodies up to this size are validated on the event loop (a typical request
+#: takes well under a millisecond); larger ones in a thread (see _messages).
+INLINE_VALIDATION_BYTES = 64 * 1024
+#: An error answer lists at most this many problems, and names this many fields
+#: in its message, so that its size does not grow with the request's.
+MAX_DETAILS = 50
+MAX_FIELDS_NAMED = 10
+MAX_FIELD_CHARS = 120
 
 
 def _app() -> TrimailApp:
     return cast("TrimailApp", current_app)
 
 
+def _owner() -> str | None:
+    """The caller's owner id, put into the scope by the gate."""
+    return cast("dict[str, str | None]", request.scope).get(OWNER)
+
+
 def json_response(body: Any, status: int, headers: dict[str, str] | None = None) -> Response:
     return Response(
         json.dumps(body, ensure_ascii=False), status=status, headers=headers, content_type=JSON_TYPE
     )
-
-
-def authorize(authorization: str | None, keys: tuple[bytes, ...], server_host: str | None) -> str:
-    """Check the bearer token against ``keys`` in constant time; return the caller's name.
-
-    The name (``key-1``, ``key-2``... in the order of TRIMAIL_API_KEYS, or
-    ``local`` without keys) owns the caller's jobs and idempotency keys. With
-    no keys configured only connections to a loopback address are served, so
-    an instance exposed by mistake is not an open relay.
-    """
-    if not keys:
-        if server_host is not None and not is_loopback(server_host):
-            raise errors.Unauthorized(
-                "this trimail has no API keys configured and serves loopback callers only; "
-                "the operator must set TRIMAIL_API_KEYS"
-            )
-        return "local"
-    scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise errors.Unauthorized("send the header 'Authorization: Bearer <API key>'")
-    presented = token.strip().encode()
-    matched = 0
-    for number, key in enumerate(keys, start=1):  # compare with every key: timing tells nothing
-        if hmac.compare_digest(presented, key):
-            matched = number
-    if not matched:
-        raise errors.Unauthorized("the API key in the Authorization header is not valid")
-    return f"key-{matched}"
-
-
-def _caller() -> str:
-    server = request.scope.get("server") or (None, None)
-    return authorize(request.headers.get("Authorization"), _app().api_keys, server[0])
-
-
-def parse_json(body: str | bytes) -> Any:
-    """Decode a JSON body; raise :class:`~trimail.errors.InvalidJSON` saying why not."""
-
-    def refuse_constant(name: str) -> Any:
-        raise ValueError(f"{name} is not valid JSON")
-
-    try:
-        # Decode here: json.loads(bytes) would also take UTF-16 and UTF-32, and decodes
-        # with surrogatepass, so UTF-8-encoded surrogates would pass as text.
-        text = body.decode("utf-8") if isinstance(body, bytes) else body
-        return json.loads(text, parse_constant=refuse_constant)
-    except UnicodeDecodeError:
-        raise errors.InvalidJSON("the request body is not valid UTF-8") from None
-    except (ValueError, RecursionError) as exc:
-        raise errors.InvalidJSON(f"the request body is not valid JSON: {exc}") from None
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:
@@ -114,10 +74,15 @@ def _allowed_fields(loc: tuple[int | str, ...]) -> list[str]:
     return [field.alias or name for name, field in model.model_fields.items()]
 
 
-def validation_details(exc: ValidationError) -> list[dict[str, str]]:
-    """One ``{"field", "rule", "message"}`` per problem, with fields named as in the request."""
+def validation_details(exc: ValidationError) -> tuple[list[dict[str, str]], int]:
+    """``{"field", "rule", "message"}`` per problem, fields named as in the request.
+
+    At most :data:`MAX_DETAILS` are listed, each field and message shortened, so
+    that an answer stays small whatever the request; the second value counts
+    the problems left out.
+    """
     details = []
-    for error in exc.errors(include_url=False):
+    for error in exc.errors(include_url=False, include_input=False)[:MAX_DETAILS]:
         loc = error["loc"]
         field = _field_path(loc)
         context_field = (error.get("ctx") or {}).get("field")
@@ -130,66 +95,103 @@ def validation_details(exc: ValidationError) -> list[dict[str, str]]:
             message = f"unknown field; allowed: {', '.join(_allowed_fields(loc[:-1]))}"
         elif rule == "model_type" and not loc:
             rule, message = "object_required", "the request body must be a JSON object"
-        details.append({"field": field, "rule": rule, "message": message})
-    return details
+        details.append(
+            {"field": shorten(field, MAX_FIELD_CHARS), "rule": rule, "message": shorten(message)}
+        )
+    return details, exc.error_count() - len(details)
 
 
 def _validation_failed(exc: ValidationError) -> errors.ValidationFailed:
-    details = validation_details(exc)
-    fields = ", ".join(dict.fromkeys(d["field"] for d in details))
-    return errors.ValidationFailed(f"the request is invalid; fix: {fields}", details=details)
+    details, omitted = validation_details(exc)
+    fields = list(dict.fromkeys(d["field"] for d in details))
+    listed = ", ".join(fields[:MAX_FIELDS_NAMED])
+    if omitted or len(fields) > MAX_FIELDS_NAMED:
+        listed += ", ..."
+    message = f"the request is invalid; fix: {listed}"
+    if omitted:
+        message += f" ({omitted} more problem(s) not listed)"
+    return errors.ValidationFailed(message, details=details, omitted=omitted or None)
 
 
 def _one(data: Any, context: dict[str, Any]) -> list[SendRequest]:
-    try:
-        return [SendRequest.model_validate(data, context=context)]
-    except ValidationError as exc:
-        raise _validation_failed(exc) from None
+    return [SendRequest.model_validate(data, context=context)]
 
 
 def _batch(data: Any, context: dict[str, Any]) -> list[SendRequest]:
+    if not isinstance(data, list):
+        raise errors.ValidationFailed(
+            "the request body must be a JSON array of messages",
+            details=[
+                {
+                    "field": "(root)",
+                    "rule": "array_required",
+                    "message": "send a JSON array of 1 to 100 messages, each as for /email/send",
+                }
+            ],
+        )
+    return BatchRequest.validate_python(data, context=context)
+
+
+Validate = Callable[[Any, dict[str, Any]], list[SendRequest]]
+
+
+def _parse_and_validate(body: bytes, validate: Validate, app: TrimailApp) -> list[SendRequest]:
+    """The validated messages of ``body``; raises the 4xx error that says what is wrong."""
+    data = parse_json(body, app.json_values_limit)
     try:
-        return BatchRequest.validate_python(data, context=context)
+        return validate(data, app.validation_context)
     except ValidationError as exc:
         raise _validation_failed(exc) from None
+
+
+async def _messages(body: bytes, validate: Validate) -> list[SendRequest]:
+    """Validate on the event loop when the body is small, else in a thread.
+
+    A large body (many recipients, a batch, attachments) can take tens of
+    milliseconds of pure-Python checks; in a thread they yield to the event loop
+    every switch interval instead of holding it.
+    """
+    app = _app()
+    if len(body) <= INLINE_VALIDATION_BYTES:
+        return _parse_and_validate(body, validate, app)
+    return await trio.to_thread.run_sync(_parse_and_validate, body, validate, app)
 
 
 def _accepted(job: Job) -> dict[str, str]:
     return {"id": job.id, "status": "queued"}
 
 
-async def _enqueue(
-    validate: Callable[[Any, dict[str, Any]], list[SendRequest]],
-    answer: Callable[[list[Job]], dict[str, Any]],
-) -> Response:
-    """Read, authenticate, validate and queue; replay the answer to a known Idempotency-Key."""
+async def _enqueue(validate: Validate, answer: Callable[[list[Job]], dict[str, Any]]) -> Response:
+    """Validate and queue; replay the answer to a known Idempotency-Key.
+
+    The gate has already authenticated the caller and bounded the body.
+    A replay is answered even while shutting down: it creates nothing.
+    """
     app = _app()
-    # Read the whole body before answering anything, errors included: a reply sent
-    # while the body is still arriving can stall the next request on a kept-alive
-    # connection. MAX_CONTENT_LENGTH bounds it (413).
-    body = cast(bytes, await request.get_data(cache=False, as_text=False))
-    caller = _caller()
-    app.dispatcher.ensure_accepting()  # refuse before spending time on parsing
+    owner = _owner()
     if request.mimetype != JSON_TYPE:
         raise errors.UnsupportedMediaType(
             f"send the message as JSON with 'Content-Type: {JSON_TYPE}' "
             f"(got {request.mimetype or 'none'!r})"
         )
+    body = cast(bytes, await request.get_data(cache=False, as_text=False))
     key = request.headers.get("Idempotency-Key")
     if key is None:
-        requests = validate(parse_json(body), app.validation_context)
-        return _queued(answer(app.dispatcher.submit_many(requests, caller)))
+        app.dispatcher.ensure_accepting()  # refuse before spending time on parsing
+        requests = await _messages(body, validate)
+        return _queued(answer(app.dispatcher.submit_many(requests, owner)))
     print_ = fingerprint(request.path, body)
-    replay = app.idempotency.begin(caller, check_key(key), print_)
+    replay = app.idempotency.begin(owner, check_key(key), print_)
     if replay is not None:
         return _queued(replay, {"Idempotent-Replayed": "true"})
     try:
-        requests = validate(parse_json(body), app.validation_context)
-        answer_body = answer(app.dispatcher.submit_many(requests, caller))
+        app.dispatcher.ensure_accepting()
+        requests = await _messages(body, validate)
+        answer_body = answer(app.dispatcher.submit_many(requests, owner))
     except BaseException:
-        app.idempotency.abandon(caller, key)
+        app.idempotency.abandon(owner, key)
         raise
-    app.idempotency.complete(caller, key, print_, answer_body)
+    app.idempotency.complete(owner, key, print_, answer_body)
     return _queued(answer_body)
 
 
@@ -222,9 +224,8 @@ class JobIdConverter(BaseConverter):
 @api.get("/email/<job_id:job_id>")
 async def job_status(job_id: str) -> Response:
     """The job's status, for the API key that created it; 404 for anyone else."""
-    caller = _caller()
     record = _app().dispatcher.lookup(job_id)
-    if record is None or record.owner != caller:
+    if record is None or record.owner != _owner():
         raise errors.NotFound(
             f"no job {job_id!r} for this API key: the id is unknown, its status expired, "
             "or another key created it"
@@ -274,19 +275,10 @@ async def docs() -> Response:
     return Response(_app().docs_html, 200, content_type="text/html; charset=utf-8")
 
 
-@api.after_app_request
-async def count_request(response: Response) -> Response:
-    rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
-    _app().metrics.request(rule, response.status_code)
-    return response
-
-
-def error_response(error: errors.HTTPError, close: bool = False) -> Response:
-    body: dict[str, Any] = {"code": error.code, "message": error.message}
-    if error.details is not None:
-        body["details"] = error.details
-    headers = {**error.headers(), **(CLOSE if close else {})}
-    return json_response({"error": body}, error.status, headers=headers)
+def error_response(error: errors.HTTPError, headers: dict[str, str] | None = None) -> Response:
+    return json_response(
+        {"error": error.payload()}, error.status, headers={**error.headers(), **(headers or {})}
+    )
 
 
 @api.app_errorhandler(errors.HTTPError)
@@ -298,7 +290,7 @@ async def handle_trimail_error(error: errors.HTTPError) -> Response:
 async def handle_http_exception(error: HTTPException) -> Response:
     """Routing and protocol errors from Quart, in the same JSON shape."""
     status = error.code or 500
-    described = f"{error.name}: {request.method} {request.path}"
+    described = f"{error.name}: {request.method} {shorten(request.path, 200)}"
     known: errors.HTTPError
     if status == 413:
         limit = _app().settings.max_request_bytes
@@ -307,18 +299,18 @@ async def handle_http_exception(error: HTTPException) -> Response:
         known = errors.NotFound(f"{described}; see /openapi.json for the routes")
     elif status == 405:
         known = errors.MethodNotAllowed(described)
+        allowed = getattr(error, "valid_methods", None) or ()
+        return error_response(known, {"Allow": ", ".join(sorted(allowed))})
     elif status == 408:
         known = errors.RequestTimeout("the request body did not arrive in time")
     elif status < 500:
         known = errors.BadRequest(described)
     else:
         known = errors.HTTPError(described)
-    return error_response(known, close=True)
+    return error_response(known)
 
 
 @api.app_errorhandler(Exception)
 async def handle_unexpected(error: Exception) -> Response:
     log.exception("unexpected error answering %s %s", request.method, request.path)
-    return error_response(
-        errors.HTTPError("internal error; the request was not queued"), close=True
-    )
+    return error_response(errors.HTTPError("internal error; the request was not queued"))

@@ -8,18 +8,23 @@ adds signal handling that keeps answering ``503 shutting_down`` during the drain
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from importlib.metadata import version
-from typing import Any
+from typing import Any, cast
 
+import trio
 from quart_trio import QuartTrio
 
+from .access import Access
 from .api import JobIdConverter, api
 from .config import Settings, load_settings
 from .dispatcher import Dispatcher
+from .gate import ASGIApp, ByteBudget, Gate
 from .idempotency import IdempotencyKeys
-from .logs import configure_logging
+from .logs import configure_logging, flush_logging
 from .metrics import Metrics
+from .models import json_values_limit
 from .openapi import build_openapi, dump, render_html
 from .retry import RetryPolicy
 from .store import ExpiringStore
@@ -33,17 +38,30 @@ log = logging.getLogger("trimail.app")
 SHUTDOWN_MARGIN = 5.0
 
 
+#: Exit status when delivery stopped after an internal error (EX_SOFTWARE).
+EXIT_DELIVERY_FAILED = 70
+
+
 class TrimailApp(QuartTrio):
-    """The Quart-Trio app, with the settings and the dispatcher it serves."""
+    """The Quart-Trio app, with the settings and the dispatcher it serves.
+
+    ``delivery_failed`` is set when the dispatcher ended by itself (a bug): the
+    instance must not keep accepting mail it cannot deliver. :func:`trimail.
+    server.serve` then stops the server; hosted by plain Hypercorn, the process
+    exits at once with :data:`EXIT_DELIVERY_FAILED` unless ``exit_on_failure``
+    was turned off.
+    """
 
     settings: Settings
     dispatcher: Dispatcher
     metrics: Metrics
     idempotency: IdempotencyKeys
-    api_keys: tuple[bytes, ...]
     validation_context: dict[str, Any]
+    json_values_limit: int
     openapi_json: bytes
     docs_html: str
+    delivery_failed: trio.Event
+    exit_on_failure: bool
 
 
 def smtp_transport_factory(settings: Settings) -> Callable[[], Transport]:
@@ -81,17 +99,30 @@ def create_app(
         configure_logging(settings.log_format, settings.log_level)
     app = TrimailApp(__name__)
     app.settings = settings
+    app.delivery_failed = trio.Event()
+    app.exit_on_failure = True
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.config["BODY_TIMEOUT"] = settings.request_timeout  # a slow drip ends in a 408
     # quart-trio puts this deadline on the nursery that runs the dispatcher, and
     # starts it before after_serving runs: it must outlast the drain.
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = settings.shutdown_grace + SHUTDOWN_MARGIN
-    app.api_keys = tuple(key.get_secret_value().encode() for key in settings.api_keys)
     app.validation_context = {
         "default_from": settings.default_from,
         "max_recipients": settings.max_recipients,
     }
+    app.json_values_limit = json_values_limit(settings.max_recipients)
     app.metrics = Metrics()
+    access = Access.from_secrets(
+        (key.get_secret_value() for key in settings.api_keys),
+        settings.metrics_key.get_secret_value() if settings.metrics_key else None,
+    )
+    app.asgi_app = Gate(  # type: ignore[method-assign,assignment]
+        cast(ASGIApp, app.asgi_app),
+        access,
+        settings.max_request_bytes,
+        ByteBudget(settings.max_inflight_bytes),
+        app.metrics.request,
+    )
     app.dispatcher = Dispatcher(
         transport_factory or smtp_transport_factory(settings),
         workers=settings.workers,
@@ -117,9 +148,10 @@ def create_app(
     async def start_dispatcher() -> None:
         if not settings.api_keys:
             log.warning(
-                "no TRIMAIL_API_KEYS configured: requests are served only on loopback addresses"
+                "no TRIMAIL_API_KEYS configured: only direct connections to a loopback address "
+                "are served (not a Unix socket, not through a proxy)"
             )
-        await app.nursery.start(app.dispatcher.run)
+        await app.nursery.start(_deliver, app)
         log.info(
             "delivering through %s:%d (security %s) with %d worker(s), queue of %d",
             settings.smtp_host,
@@ -134,3 +166,15 @@ def create_app(
         await app.dispatcher.shutdown()
 
     return app
+
+
+async def _deliver(app: TrimailApp, *, task_status: trio.TaskStatus[None]) -> None:
+    """Run the dispatcher; if it ends by itself, say why and stop the instance (see TrimailApp)."""
+    try:
+        await app.dispatcher.run(task_status=task_status)
+    except Exception:
+        log.critical("delivery stopped after an internal error; trimail stops", exc_info=True)
+        app.delivery_failed.set()
+        if app.exit_on_failure:
+            flush_logging()
+            os._exit(EXIT_DELIVERY_FAILED)

@@ -104,8 +104,19 @@ def _settings_from(args: argparse.Namespace, extra: dict[str, Any]) -> Settings:
 
 
 def check_bind_is_safe(settings: Settings) -> None:
-    """Refuse to listen beyond loopback without API keys: that would be an open relay."""
-    if not settings.api_keys and not is_loopback(settings.host):
+    """Refuse to listen beyond loopback without API keys: that would be an open relay.
+
+    A Unix socket counts as beyond: who connects to it cannot be known.
+    """
+    if settings.api_keys:
+        return
+    if settings.unix_socket is not None:
+        raise ConfigurationError(
+            f"refusing to listen on the Unix socket {settings.unix_socket} without API keys: "
+            "whoever can reach it (a reverse proxy, any local user) could send mail. "
+            "Set TRIMAIL_API_KEYS (or --api-keys)."
+        )
+    if not is_loopback(settings.host):
         raise ConfigurationError(
             f"refusing to listen on {settings.host} without API keys: anyone who can reach "
             "it could send mail. Set TRIMAIL_API_KEYS (or --api-keys), or bind 127.0.0.1."
@@ -135,13 +146,12 @@ def serve_command(args: argparse.Namespace) -> int:
     configure_logging(settings.log_format, settings.log_level)
     try:
         if dev_sink is None:
-            trio.run(serve, settings)
-        else:
-            with dev_sink:
-                settings = settings.model_copy(
-                    update={"smtp_host": dev_sink.host, "smtp_port": dev_sink.port}
-                )
-                trio.run(serve, settings)
+            return trio.run(serve, settings)
+        with dev_sink:
+            settings = settings.model_copy(
+                update={"smtp_host": dev_sink.host, "smtp_port": dev_sink.port}
+            )
+            return trio.run(serve, settings)
     except BaseExceptionGroup as group:  # Hypercorn binds inside its nurseries
         bind_error, rest = group.split(
             lambda exc: isinstance(exc, OSError) and exc.errno in BIND_ERRNOS
@@ -153,7 +163,6 @@ def serve_command(args: argparse.Namespace) -> int:
         return 1
     finally:
         flush_logging()
-    return 0
 
 
 def _first_leaf(group: BaseExceptionGroup[OSError]) -> OSError:

@@ -24,6 +24,7 @@ ENV_PREFIX = "TRIMAIL_"
 CLIENT_ENV_VARS = frozenset({"TRIMAIL_URL", "TRIMAIL_API_KEY"})
 
 MiB = 1024 * 1024
+UNIX_PREFIX = "unix:"
 
 
 class SMTPSecurity(str, Enum):
@@ -47,12 +48,21 @@ class Settings(BaseSettings):
         env_prefix=ENV_PREFIX, extra="forbid", frozen=True, use_enum_values=False
     )
 
-    host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
+    host: str = Field(
+        "127.0.0.1",
+        description="Address the HTTP server binds to, or unix:PATH for a Unix socket "
+        "(which needs API keys).",
+    )
     port: int = Field(8080, ge=0, le=65535, description="Port the HTTP server binds to.")
     api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
         (),
         description="Comma-separated API keys; when set, every request needs "
         "`Authorization: Bearer <key>`. Without keys trimail binds loopback only.",
+    )
+    metrics_key: SecretStr | None = Field(
+        None,
+        description="A key for /metrics alone (Authorization: Bearer), for a scraper that "
+        "must not send mail; any API key works too.",
     )
     default_from: str | None = Field(
         None, description='Sender used when a request has no "from" ("Name <addr>" or "addr").'
@@ -60,6 +70,12 @@ class Settings(BaseSettings):
     max_recipients: int = Field(50, ge=1, description="Most addresses in to+cc+bcc together.")
     max_request_bytes: int = Field(
         10 * MiB, ge=1024, description="Largest request body accepted, in bytes (else 413)."
+    )
+    max_inflight_bytes: int = Field(
+        64 * MiB,
+        ge=1024,
+        description="Most bytes of request bodies held at once, across all connections "
+        "(beyond: 503 server_busy).",
     )
     request_timeout: float = Field(
         30.0,
@@ -128,6 +144,11 @@ class Settings(BaseSettings):
         if self.retry_max_delay < self.retry_base_delay:
             raise ValueError("retry_max_delay must be at least retry_base_delay")
         return self
+
+    @property
+    def unix_socket(self) -> str | None:
+        """The socket path when ``host`` is ``unix:PATH``."""
+        return self.host[len(UNIX_PREFIX) :] if self.host.startswith(UNIX_PREFIX) else None
 
     @property
     def effective_smtp_port(self) -> int:

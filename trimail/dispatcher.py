@@ -23,11 +23,11 @@ from collections.abc import Callable, Sequence
 
 import trio
 
-from .errors import QueueFull, ShuttingDown
+from .errors import DeliveryError, QueueFull, ShuttingDown
 from .jobs import Job, JobRecord, Outcome, State
 from .message import build_envelope
 from .models import SendRequest
-from .retry import RetryPolicy, Verdict, classify, classify_code, describe
+from .retry import RetryPolicy, Verdict, classify, classify_code
 from .store import ExpiringStore
 from .transport import SendResult, Transport
 
@@ -99,7 +99,8 @@ class Dispatcher:
 
     @property
     def accepting(self) -> bool:
-        return self._started and not self._closing.is_set()
+        """Whether :meth:`submit_many` takes jobs: between start and the start of shutdown."""
+        return self._started and not self._closing.is_set() and not self._finished.is_set()
 
     @property
     def depth(self) -> int:
@@ -127,6 +128,12 @@ class Dispatcher:
 
     def ensure_accepting(self, count: int = 1) -> None:
         """Raise what :meth:`submit_many` would raise for ``count`` jobs now; never waits."""
+        if self._finished.is_set() and not self._closing.is_set():
+            raise ShuttingDown(
+                "delivery has stopped after an internal error and this instance is stopping; "
+                "send the mail to another instance or retry later",
+                retry_after=1,
+            )
         if not self.accepting:
             raise ShuttingDown(
                 "trimail is shutting down and accepts no new mail; send it to another instance "
@@ -173,13 +180,13 @@ class Dispatcher:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 try:
-                    async with self._receive:
-                        for number in range(self.workers):
-                            nursery.start_soon(
-                                self._worker, self._receive.clone(), name=f"trimail-worker-{number}"
-                            )
+                    for number in range(self.workers):
+                        nursery.start_soon(
+                            self._worker, self._receive.clone(), name=f"trimail-worker-{number}"
+                        )
+                    self._receive.close()  # the workers' clones keep the queue open
                     self._started = True
-                    task_status.started()
+                    task_status.started()  # before any checkpoint, so a worker cannot fail first
                     await self._closing.wait()
                     self._check_drained()
                     with trio.move_on_after(self.grace) as self._grace_scope:
@@ -251,7 +258,9 @@ class Dispatcher:
                         await self._attempt(job, transport)
                     except Exception:  # a bug must cost one job, not the worker
                         log.exception("internal error while delivering job %s", job.id)
-                        self._finish(job, Outcome.FAILED, "internal error in trimail (logged)")
+                        job.last_error = "internal error in trimail (see the server log)"
+                        job.last_error_code = None
+                        self._finish(job, Outcome.FAILED)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(QUIT_TIMEOUT):
                 await trio.to_thread.run_sync(
@@ -268,10 +277,10 @@ class Dispatcher:
             # Not abandoned on cancel: the outcome of a send must be known before it is
             # logged. Shutdown unblocks the thread with transport.abort() instead.
             result = await trio.to_thread.run_sync(_send_job, transport, job, limiter=self._threads)
-        except Exception as exc:
-            code, reason = describe(exc)
+        except DeliveryError as exc:
+            code, reason = exc.smtp_code, exc.reason
             verdict = classify(exc)
-            job.last_error = f"{code} {reason}" if code else reason
+            job.last_error = reason
             job.last_error_code = code
             duration = trio.current_time() - started
             job.log_attempt(f"{verdict.value} failure", code, duration, reason)
@@ -309,7 +318,11 @@ class Dispatcher:
         if job.delivered:
             self._finish(job, Outcome.SENT)
         else:
-            self._finish(job, Outcome.FAILED, "every recipient was refused")
+            first = next(iter(job.refused.values()))
+            count = len(job.refused)
+            job.last_error = first if count == 1 else f"all {count} recipients refused; {first}"
+            job.last_error_code = code
+            self._finish(job, Outcome.FAILED)
 
     def _after_failure(self, job: Job, verdict: Verdict) -> None:
         if not self.retry.should_retry(job.attempts, verdict):

@@ -21,6 +21,7 @@
     │   │   └── ValidationFailed        422 validation_error
     │   └── Unavailable             the service cannot take a job now; try again later (503)
     │       ├── QueueFull               503 queue_full
+    │       ├── ServerBusy              503 server_busy
     │       └── ShuttingDown            503 shutting_down
     └── DeliveryError             one SMTP attempt failed (raised in worker threads)
         ├── TransientDeliveryError  worth another attempt later
@@ -65,6 +66,13 @@ class HTTPError(TrimailError):
     def headers(self) -> dict[str, str]:
         """Extra response headers this error needs (``Retry-After``, ``WWW-Authenticate``)."""
         return {}
+
+    def payload(self) -> dict[str, Any]:
+        """The value of ``"error"`` in the JSON answer."""
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details is not None:
+            body["details"] = self.details
+        return body
 
 
 class RequestError(HTTPError):
@@ -136,8 +144,20 @@ class UnsupportedMediaType(RequestError):
 
 
 class ValidationFailed(RequestError):
+    """``details`` lists the problems; ``omitted`` counts those left out of a long list."""
+
     status = 422
     code = "validation_error"
+
+    def __init__(self, message: str, details: Any = None, omitted: int | None = None) -> None:
+        super().__init__(message, details)
+        self.omitted = omitted
+
+    def payload(self) -> dict[str, Any]:
+        body = super().payload()
+        if self.omitted:
+            body["omitted"] = self.omitted
+        return body
 
 
 class Unavailable(HTTPError):
@@ -157,8 +177,19 @@ class QueueFull(Unavailable):
     code = "queue_full"
 
 
+class ServerBusy(Unavailable):
+    """Request bodies in flight already hold ``TRIMAIL_MAX_INFLIGHT_BYTES``."""
+
+    code = "server_busy"
+
+
 class ShuttingDown(Unavailable):
+    """The instance is draining: the connection is closed so the client reconnects elsewhere."""
+
     code = "shutting_down"
+
+    def headers(self) -> dict[str, str]:
+        return {**super().headers(), "Connection": "close"}
 
 
 class DeliveryError(TrimailError):

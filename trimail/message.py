@@ -9,11 +9,12 @@ a header on the wire that the request did not ask for.
 from __future__ import annotations
 
 import email.utils
+from collections import Counter
 from dataclasses import dataclass
 from email import errors, policy
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.parser import BytesHeaderParser, BytesParser
+from email.parser import BytesHeaderParser
 
 from .errors import PermanentDeliveryError
 from .models import Mailbox, SendRequest
@@ -107,9 +108,9 @@ def _check_headers(data: bytes, request: SendRequest) -> None:
         expected.add("cc")
     if request.reply_to:
         expected.add("reply-to")
-    names = [name.lower() for name in parsed]
+    names = Counter(name.lower() for name in parsed)
     unexpected = set(names) - expected
-    repeated = {name for name in names if names.count(name) > 1}  # a second From, Subject...
+    repeated = {name for name, count in names.items() if count > 1}  # a second From, Subject...
     # Parsing the head alone makes multipart defects (no body, no boundaries): ignore
     # those, but not e.g. a line without a colon, which would end the header block.
     defects = [d for d in parsed.defects if not isinstance(d, _BODY_DEFECTS)]
@@ -118,18 +119,50 @@ def _check_headers(data: bytes, request: SendRequest) -> None:
             "built message failed the header check "
             f"(unexpected: {sorted(unexpected)}, repeated: {sorted(repeated)})"
         )
-    for part in list(BytesParser(policy=policy.compat32).parsebytes(data).walk())[1:]:
-        part_names = [name.lower() for name in part]
-        if len(set(part_names)) != len(part_names) or not set(part_names) <= _PART_HEADERS:
+    _check_parts(data.partition(b"\r\n\r\n")[2], parsed.get_boundary())
+
+
+def _check_parts(body: bytes, boundary: str | None) -> None:
+    """Check the head of every MIME part in ``body``, found as a reader finds them.
+
+    Parts are split at their boundary delimiter lines (RFC 2046 section 5.1.1),
+    and only their heads are parsed, so the cost does not grow with the size
+    of the content.
+    """
+    if boundary is None:
+        return
+    segments = (b"\r\n" + body).split(b"\r\n--" + boundary.encode("ascii"))
+    for segment in segments[1:]:
+        if segment.startswith(b"--"):  # the close delimiter: the rest is epilogue
+            return
+        head, _, content = segment.partition(b"\r\n")[2].partition(b"\r\n\r\n")
+        part = BytesHeaderParser(policy=policy.compat32).parsebytes(head + b"\r\n\r\n")
+        names = [name.lower() for name in part]
+        if len(set(names)) != len(names) or not set(names) <= _PART_HEADERS:
             raise PermanentDeliveryError(
-                f"built message failed the header check (a MIME part has {part_names})"
+                f"built message failed the header check (a MIME part has {names})"
             )
+        _check_parts(content, part.get_boundary())
+
+
+def check_line_endings(data: bytes) -> None:
+    """Refuse bytes with a CR or LF that is not part of a CRLF pair.
+
+    A bare LF or CR is how SMTP smuggling hides a second message in one
+    (``<LF>.<CR><LF>`` ends DATA for some servers, not others). The email
+    package's generator normalizes line endings; this checks the final bytes,
+    so that no change there can reopen the hole.
+    """
+    pairs = data.count(b"\r\n")
+    if data.count(b"\r") != pairs or data.count(b"\n") != pairs:
+        raise PermanentDeliveryError("built message has a bare CR or LF (not sent)")
 
 
 def build_envelope(request: SendRequest, job_id: str) -> Envelope:
     """Build and serialize the message; raise :class:`PermanentDeliveryError` if it is unsafe."""
     msg = build_message(request, job_id)
     data = msg.as_bytes()
+    check_line_endings(data)
     _check_headers(data, request)
     recipients = tuple(m.smtp_address for m in request.envelope_recipients)
     utf8 = msg.policy.utf8  # type: ignore[attr-defined]

@@ -22,15 +22,17 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
     PlainSerializer,
     PlainValidator,
     TypeAdapter,
+    ValidationError,
     ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 #: C0 controls (CR, LF and TAB included), DEL, C1 controls (NEL included) and the
 #: Unicode line and paragraph separators: none of them may reach a header.
@@ -54,7 +56,17 @@ MAX_HEADER_NAME_CHARS = 76  # leaves room for ": " and a folded value within 78 
 MAX_FILENAME_CHARS = 255  # the common filesystem limit
 #: A name cannot be folded: it must fit a 998-octet line even at 4 octets a character.
 MAX_DISPLAY_NAME_CHARS = 200
+#: A display name (quoted and escaped, up to about 400) and an address (RFC 5321
+#: paths are at most 256 octets) fit well within this; longer is refused unread.
+MAX_MAILBOX_CHARS = 1024
+MAX_CONTENT_TYPE_CHARS = 255  # RFC 6838: type and subtype are at most 127 characters each
 DEFAULT_MAX_RECIPIENTS = 50
+#: Most extra headers and attachments in one message: far beyond any real mail,
+#: and small enough that checking them costs microseconds.
+MAX_HEADERS = 100
+MAX_ATTACHMENTS = 100
+#: The fields whose addresses count toward TRIMAIL_MAX_RECIPIENTS.
+ADDRESS_FIELDS = ("to", "cc", "bcc", "reply_to")
 
 
 def check_header_text(value: str, what: str, field: str | None = None) -> str:
@@ -146,6 +158,12 @@ def parse_mailbox(value: Any) -> Mailbox:
         return value
     if not isinstance(value, str):
         raise PydanticCustomError("string_type", "Input should be a valid string")
+    if len(value) > MAX_MAILBOX_CHARS:  # before any check whose cost grows with the length
+        raise PydanticCustomError(
+            "address_too_long",
+            "an address, with its display name, must be at most {limit} characters",
+            {"limit": MAX_MAILBOX_CHARS},
+        )
     check_header_text(value, "an address")
     name, address = _split_name_and_address(value.strip())
     name = name.strip()
@@ -166,6 +184,46 @@ def parse_mailbox(value: Any) -> Mailbox:
             {"address": address, "reason": str(exc)},
         ) from None
     return Mailbox(name=name, address=valid.normalized, ascii_address=valid.ascii_email)
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, (list, dict)):
+        return len(value)
+    return 0 if value is None else 1
+
+
+def over_limits(data: dict[str, Any], max_recipients: int) -> list[InitErrorDetails]:
+    """Errors for the lists of one raw request that are over their limits; cheap to call."""
+    problems = []
+    recipients = sum(_count(data.get(name)) for name in ADDRESS_FIELDS)
+    if recipients > max_recipients:
+        problems.append(
+            _problem(
+                "to",
+                "too_many_recipients",
+                f"to, cc, bcc and reply_to together hold {recipients} addresses; at most "
+                f"{max_recipients} are allowed",
+            )
+        )
+    for name, limit in (("headers", MAX_HEADERS), ("attachments", MAX_ATTACHMENTS)):
+        count = _count(data.get(name))
+        if count > limit:
+            problems.append(
+                _problem(name, f"too_many_{name}", f"{name} holds {count} entries; at most {limit}")
+            )
+    return problems
+
+
+def _problem(field: str, rule: str, message: str) -> InitErrorDetails:
+    return InitErrorDetails(
+        type=PydanticCustomError(rule, "{message}", {"message": message}), loc=(field,), input=None
+    )
+
+
+def json_values_limit(max_recipients: int) -> int:
+    """More JSON values than the largest valid batch can hold (see trimail.jsonbody)."""
+    per_message = max_recipients + 4 * MAX_HEADERS + 16 * MAX_ATTACHMENTS + 64
+    return MAX_BATCH * per_message
 
 
 def _as_list(value: Any) -> Any:
@@ -206,7 +264,9 @@ class Attachment(BaseModel):
         Field(description="The file's bytes, base64-encoded (RFC 4648, no newlines).")
     )
     content_type: str | None = Field(
-        None, description="MIME type such as application/pdf; guessed from the filename if absent."
+        None,
+        max_length=MAX_CONTENT_TYPE_CHARS,
+        description="MIME type such as application/pdf; guessed from the filename if absent.",
     )
 
     @field_validator("filename")
@@ -279,26 +339,29 @@ class SendRequest(BaseModel):
     html: str | None = Field(None, description="HTML body; give text, html or both.")
     headers: dict[str, str] = Field(
         default_factory=dict,
-        description="Extra headers. Names are RFC 5322 field names; From, To, Cc, Bcc, "
-        "Reply-To, Subject, Date, Message-ID, MIME-Version and Content-* are refused.",
+        max_length=MAX_HEADERS,
+        description=f"At most {MAX_HEADERS} extra headers. Names are RFC 5322 field names; "
+        "From, To, Cc, Bcc, Reply-To, Subject, Date, Message-ID, MIME-Version and Content-* "
+        "are refused.",
     )
-    attachments: list[Attachment] = Field(default_factory=list, description="Files to attach.")
+    attachments: list[Attachment] = Field(
+        default_factory=list,
+        max_length=MAX_ATTACHMENTS,
+        description=f"At most {MAX_ATTACHMENTS} files to attach.",
+    )
 
-    @model_validator(mode="before")
+    @model_validator(mode="wrap")
     @classmethod
-    def _recipient_count_first(cls, data: Any, info: ValidationInfo) -> Any:
-        """Refuse too many recipients before checking each address (work per address)."""
+    def _bounded_before_checked(
+        cls, data: Any, handler: ModelWrapValidatorHandler[SendRequest], info: ValidationInfo
+    ) -> SendRequest:
+        """Refuse lists longer than their limits before any item is checked (each costs)."""
         if isinstance(data, dict):
             limit = (info.context or {}).get("max_recipients", DEFAULT_MAX_RECIPIENTS)
-            given = [data.get(name) for name in ("to", "cc", "bcc")]
-            count = sum(len(v) if isinstance(v, list) else 1 for v in given if v is not None)
-            if count > limit:
-                raise PydanticCustomError(
-                    "too_many_recipients",
-                    "to, cc and bcc together hold {count} addresses; at most {limit} are allowed",
-                    {"field": "to", "count": count, "limit": limit},
-                )
-        return data
+            problems = over_limits(data, limit)
+            if problems:
+                raise ValidationError.from_exception_data(cls.__name__, problems)
+        return handler(data)
 
     @field_validator("from_", mode="after")
     @classmethod

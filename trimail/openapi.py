@@ -36,9 +36,10 @@ SUBMIT_ERRORS = {
     415: ["unsupported_media_type"],
     422: ["validation_error"],
     500: ["internal_error"],
-    503: ["queue_full", "shutting_down"],
+    503: ["queue_full", "server_busy", "shutting_down"],
 }
 STATUS_ERRORS = {401: ["unauthorized"], 404: ["not_found"]}
+METRICS_ERRORS = {401: ["unauthorized"]}
 READY_ERRORS = {503: ["queue_full", "shutting_down"]}
 STATUS_TEXT = {
     200: "OK", 202: "Accepted", 400: "Bad request", 401: "Unauthorized", 404: "Not found",
@@ -173,12 +174,13 @@ def build_openapi(version: str) -> dict[str, Any]:
             "get": {
                 "operationId": "metrics",
                 "summary": "Prometheus metrics",
-                "security": public,
+                "description": "Needs an API key or TRIMAIL_METRICS_KEY when either is set.",
                 "responses": {
                     "200": {
                         "description": "Prometheus text format.",
                         "content": {"text/plain": {"schema": {"type": "string"}}},
-                    }
+                    },
+                    **b.errors(METRICS_ERRORS),
                 },
             }
         },
@@ -223,7 +225,7 @@ def build_openapi(version: str) -> dict[str, Any]:
                     "type": "http",
                     "scheme": "bearer",
                     "description": "One of TRIMAIL_API_KEYS; not needed when the server has "
-                    "none (it then serves loopback callers only).",
+                    "none (it then serves only direct connections to a loopback address).",
                 }
             },
         },

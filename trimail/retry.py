@@ -4,22 +4,19 @@
 ``[0, min(max_delay, base_delay * 2 ** (attempt - 1))]`` seconds, where
 ``attempt`` is the number of the attempt that just failed (1 for the first).
 
-``classify(exc)`` names what is transient, and only that: connection refused,
-reset or timed out, a dropped connection, TLS failures other than certificate
-verification, and 4xx replies. Everything else is permanent, unknown errors
-included, so a bug cannot turn into a retry storm.
+Which failures are transient is decided where they are understood, in
+:mod:`trimail.failures`; the policy only counts.
 """
 
 from __future__ import annotations
 
 import random
-import smtplib
-import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
 from .errors import DeliveryError, TransientDeliveryError
+from .failures import code_is_transient
 
 
 class Verdict(str, Enum):
@@ -51,41 +48,9 @@ class RetryPolicy:
 
 def classify_code(code: int) -> Verdict:
     """A reply code's verdict: 4xx is transient, anything else permanent."""
-    return Verdict.TRANSIENT if 400 <= code < 500 else Verdict.PERMANENT
+    return Verdict.TRANSIENT if code_is_transient(code) else Verdict.PERMANENT
 
 
-def classify(exc: BaseException) -> Verdict:
-    """Whether the failure ``exc`` of one attempt may pass if tried again."""
-    if isinstance(exc, DeliveryError):
-        return Verdict.TRANSIENT if isinstance(exc, TransientDeliveryError) else Verdict.PERMANENT
-    if isinstance(exc, smtplib.SMTPResponseException):
-        return classify_code(exc.smtp_code)
-    if isinstance(exc, smtplib.SMTPServerDisconnected):
-        return Verdict.TRANSIENT
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return Verdict.PERMANENT  # the configuration or the server's certificate must change
-    if isinstance(exc, (ssl.SSLError, ConnectionError, TimeoutError)):
-        return Verdict.TRANSIENT
-    if isinstance(exc, OSError) and not isinstance(exc, smtplib.SMTPException):
-        return Verdict.TRANSIENT  # unreachable network, DNS failure, and their kin
-    return Verdict.PERMANENT
-
-
-def describe(exc: BaseException) -> tuple[int | None, str]:
-    """The SMTP code (if any) and a one-line reason for a failed attempt, for the logs."""
-    if isinstance(exc, DeliveryError):
-        return exc.smtp_code, exc.reason
-    if isinstance(exc, smtplib.SMTPResponseException):
-        text = exc.smtp_error
-        reply = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
-        return exc.smtp_code, " ".join(reply.split())
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return None, f"TLS certificate verification failed: {exc.verify_message}"
-    if isinstance(exc, TimeoutError) or (
-        # smtplib turns a read that timed out into SMTPServerDisconnected("Connection
-        # unexpectedly closed: timed out"): the server did not close anything.
-        isinstance(exc, smtplib.SMTPServerDisconnected)
-        and isinstance(exc.__context__, TimeoutError)
-    ):
-        return None, "timed out waiting for the SMTP server"
-    return None, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+def classify(error: DeliveryError) -> Verdict:
+    """A failed attempt's verdict, as the transport judged it."""
+    return Verdict.TRANSIENT if isinstance(error, TransientDeliveryError) else Verdict.PERMANENT

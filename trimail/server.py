@@ -2,7 +2,9 @@
 
 SIGTERM or SIGINT starts the drain while the HTTP side keeps answering (new
 requests get ``503 shutting_down``); Hypercorn stops listening only once the
-dispatcher has finished. A second signal ends the grace period at once.
+dispatcher has finished. A second signal ends the grace period at once. If
+delivery stops by itself (a bug), the server stops the same way and
+:func:`serve` returns a non-zero exit status.
 """
 
 from __future__ import annotations
@@ -10,12 +12,13 @@ from __future__ import annotations
 import logging
 import math
 import signal
+from collections.abc import Awaitable, Callable
 
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
-from .app import SHUTDOWN_MARGIN, TrimailApp, create_app
+from .app import EXIT_DELIVERY_FAILED, SHUTDOWN_MARGIN, TrimailApp, create_app
 from .config import Settings
 
 log = logging.getLogger("trimail.server")
@@ -32,8 +35,11 @@ READ_TIMEOUT_MARGIN = 5.0
 def hypercorn_config(settings: Settings) -> HypercornConfig:
     """Hypercorn settings sized from ours: lifespan shutdown must outlast the drain."""
     config = HypercornConfig()
-    host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    config.bind = [f"{host}:{settings.port}"]
+    if settings.unix_socket is not None:
+        config.bind = [f"unix:{settings.unix_socket}"]
+    else:
+        host = f"[{settings.host}]" if ":" in settings.host else settings.host
+        config.bind = [f"{host}:{settings.port}"]
     config.accesslog = None  # one log line per job is enough; access logs cost I/O per request
     config.errorlog = logging.getLogger("trimail.server")
     config.backlog = LISTEN_BACKLOG
@@ -45,15 +51,30 @@ def hypercorn_config(settings: Settings) -> HypercornConfig:
     return config
 
 
-async def serve(settings: Settings, app: TrimailApp | None = None) -> None:
-    """Serve until SIGTERM or SIGINT, drain while still answering, then return."""
+async def serve(settings: Settings, app: TrimailApp | None = None) -> int:
+    """Serve until SIGTERM or SIGINT, drain while still answering; return the exit status.
+
+    The status is 0, or :data:`~trimail.app.EXIT_DELIVERY_FAILED` when the server
+    stopped because delivery had stopped by itself.
+    """
     app = app or create_app(settings, setup_logging=False)
+    app.exit_on_failure = False  # stopped here, gracefully, instead
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
 
-        async def drain_on_signal() -> None:
+        async def first_signal() -> None:
             async for signum in signals:
                 log.info("received %s: finishing accepted jobs", signal.Signals(signum).name)
-                break
+                return
+
+        async def drain_on_signal() -> None:
+            async with trio.open_nursery() as watch:  # whichever comes first ends the watch
+
+                async def then_stop(wait: Callable[[], Awaitable[object]]) -> None:
+                    await wait()
+                    watch.cancel_scope.cancel()
+
+                watch.start_soon(then_stop, first_signal)
+                watch.start_soon(then_stop, app.delivery_failed.wait)
             async with trio.open_nursery() as nursery:
 
                 async def hurry_on_second_signal() -> None:
@@ -66,4 +87,8 @@ async def serve(settings: Settings, app: TrimailApp | None = None) -> None:
                 nursery.cancel_scope.cancel()
 
         await hypercorn_serve(app, hypercorn_config(settings), shutdown_trigger=drain_on_signal)
+    if app.delivery_failed.is_set():
+        log.error("stopped because delivery had stopped (exit status %d)", EXIT_DELIVERY_FAILED)
+        return EXIT_DELIVERY_FAILED
     log.info("stopped")
+    return 0

@@ -4,22 +4,32 @@ Every method except :meth:`SMTPTransport.abort` blocks and must run in a worker
 thread (``trio.to_thread.run_sync``). A thread cannot be cancelled, so every
 socket operation is bounded by ``timeout`` and :meth:`~SMTPTransport.abort`
 lets the event loop cut a connection short from outside.
+
+Error handling: :meth:`SMTPTransport.send` raises only
+:class:`~trimail.errors.DeliveryError` (see :mod:`trimail.failures`), with the
+smtplib, ssl or socket error chained as its cause.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
+import logging
 import smtplib
 import socket
 import ssl
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from .config import SMTPSecurity, is_loopback
 from .errors import PermanentDeliveryError, TransientDeliveryError
+from .failures import delivery_error, reply_text
 from .message import Envelope
+
+log = logging.getLogger("trimail.transport")
 
 #: Reply codes that accept a recipient (RFC 5321 section 4.2.5).
 RCPT_ACCEPTED = (250, 251)
@@ -63,9 +73,22 @@ def local_hostname() -> str:
     return socket.getfqdn()
 
 
-def _reply_text(reply: bytes | str) -> str:
-    text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
-    return " ".join(text.split())
+_warned_cleartext: set[tuple[str, int]] = set()
+_warned_lock = threading.Lock()
+
+
+def warn_cleartext_once(host: str, port: int) -> None:
+    """Warn, once per server, that mail to it goes out unencrypted."""
+    with _warned_lock:
+        if (host, port) in _warned_cleartext:
+            return
+        _warned_cleartext.add((host, port))
+    log.warning(
+        "%s:%d does not offer STARTTLS: mail to it goes out unencrypted "
+        "(TRIMAIL_SMTP_SECURITY=auto); set starttls or tls to require encryption",
+        host,
+        port,
+    )
 
 
 class SMTPTransport:
@@ -95,6 +118,8 @@ class SMTPTransport:
         self.password = password
         self.timeout = timeout
         self.tls_context = tls_context or make_tls_context()
+        #: Whether the server is on this machine: credentials may go to it in clear text.
+        self.local = is_loopback(host)
         self._smtp: smtplib.SMTP | None = None
 
     def _connect(self) -> smtplib.SMTP:
@@ -124,21 +149,27 @@ class SMTPTransport:
                     f"{self.host}:{self.port} does not offer STARTTLS, which "
                     "TRIMAIL_SMTP_SECURITY=starttls requires"
                 )
+            elif not self.local:
+                warn_cleartext_once(self.host, self.port)
         if self.username:
             self._login(smtp, encrypted)
         return smtp
 
     def _login(self, smtp: smtplib.SMTP, encrypted: bool) -> None:
-        if not encrypted and not is_loopback(self.host):
+        if not encrypted and not self.local:
             raise PermanentDeliveryError(
                 f"refusing to send SMTP credentials unencrypted to {self.host}; "
                 "set TRIMAIL_SMTP_SECURITY to starttls or tls"
             )
+        username, password = self.username or "", self.password or ""
         try:
-            smtp.login(self.username or "", self.password or "")
+            if username.isascii() and password.isascii():
+                smtp.login(username, password)
+            else:
+                self._login_utf8(smtp, username, password)
         except smtplib.SMTPAuthenticationError as exc:
             reason = (
-                f"SMTP authentication failed ({exc.smtp_code} {_reply_text(exc.smtp_error)}): "
+                f"SMTP authentication failed ({exc.smtp_code} {reply_text(exc.smtp_error)}): "
                 "check TRIMAIL_SMTP_USERNAME and TRIMAIL_SMTP_PASSWORD"
             )
             error = TransientDeliveryError if 400 <= exc.smtp_code < 500 else PermanentDeliveryError
@@ -147,6 +178,19 @@ class SMTPTransport:
             raise PermanentDeliveryError(
                 f"{self.host} offers no AUTH, but TRIMAIL_SMTP_USERNAME is set"
             ) from exc
+
+    def _login_utf8(self, smtp: smtplib.SMTP, username: str, password: str) -> None:
+        """AUTH PLAIN with UTF-8 credentials (RFC 4616); smtplib can only send ASCII ones."""
+        mechanisms = smtp.esmtp_features.get("auth", "").upper().split()
+        if "PLAIN" not in mechanisms:
+            raise PermanentDeliveryError(
+                f"{self.host} does not offer AUTH PLAIN, the only way to send a user name or "
+                "password that is not ASCII"
+            )
+        token = base64.b64encode(f"\0{username}\0{password}".encode()).decode("ascii")
+        code, reply = smtp.docmd("AUTH", f"PLAIN {token}")
+        if code != 235:
+            raise smtplib.SMTPAuthenticationError(code, reply)
 
     def _mail_from(self, smtp: smtplib.SMTP, envelope: Envelope) -> None:
         options = []
@@ -167,9 +211,14 @@ class SMTPTransport:
         """Run one SMTP transaction; see the class docstring for connection reuse.
 
         Returns a :class:`SendResult` when DATA was accepted or every recipient
-        was refused; raises smtplib's exceptions, ``OSError`` or a
-        :class:`~trimail.errors.DeliveryError` otherwise.
+        was refused; raises a :class:`~trimail.errors.DeliveryError` otherwise.
         """
+        try:
+            return self._transaction(envelope)
+        except (smtplib.SMTPException, OSError) as exc:
+            raise delivery_error(exc, self.host, self.port) from exc
+
+    def _transaction(self, envelope: Envelope) -> SendResult:
         try:
             smtp = self._smtp
             if smtp is None or not self._mail_from_reused(smtp, envelope):
@@ -179,7 +228,7 @@ class SMTPTransport:
             for recipient in envelope.recipients:
                 code, reply = smtp.rcpt(recipient)
                 if code not in RCPT_ACCEPTED:
-                    refused[recipient] = (code, _reply_text(reply))
+                    refused[recipient] = (code, reply_text(reply))
             accepted = tuple(r for r in envelope.recipients if r not in refused)
             if not accepted:
                 self._reset(smtp)
