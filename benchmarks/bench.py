@@ -43,7 +43,7 @@ SINKS = ("instant", "slow", "flaky")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 MiB = 1024 * 1024
-#: trimail serve's own listen backlog (trimail.server.LISTEN_BACKLOG); the Hypercorn CLI
+#: trimail serve's own listen backlog (trimail.http.server.LISTEN_BACKLOG); the Hypercorn CLI
 #: default of 100 would overflow under bursts of new connections.
 BACKLOG = 2048
 
@@ -637,7 +637,7 @@ def server_command(
         }
         if spec.hypercorn_workers:
             env = server_env({f"TRIMAIL_{k.upper()}": v for k, v in settings.items()})
-            return [*hypercorn, "trimail.app:create_app()"], env, REPO
+            return [*hypercorn, "trimail.http:create_app()"], env, REPO
         argv = [py, "-m", "trimail", "serve", "--host", LOOPBACK, "--port", str(http_port)]
         for key, value in settings.items():
             argv += ["--" + key.replace("_", "-"), value]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from trimail.app import TrimailApp, create_app
-from trimail.transport import Transport
+from trimail.delivery.transport import Transport
+from trimail.http.app import TrimailApp, create_app
 
 
 def broken_transport() -> Transport:

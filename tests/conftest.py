@@ -14,11 +14,11 @@ import pytest
 import trio
 from quart_trio.testing import TrioClient
 
-from trimail.app import TrimailApp, create_app
 from trimail.config import Settings
-from trimail.dispatcher import Dispatcher
+from trimail.delivery.dispatcher import Dispatcher
+from trimail.delivery.transport import Transport
+from trimail.http.app import TrimailApp, create_app
 from trimail.jobs import Outcome
-from trimail.transport import Transport
 
 from .serving import services
 from .smtpserver import SMTPTestServer

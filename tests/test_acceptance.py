@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from trimail.app import TrimailApp
+from trimail.http.app import TrimailApp
 
 from .conftest import final_lines, wait_until
 from .smtpserver import SMTPTestServer

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from trimail.access import LOCAL_OWNER, Access, Guard, owner_id
 from trimail.errors import Unauthorized
+from trimail.http.access import LOCAL_OWNER, Access, Guard, owner_id
 
 LOOPBACK = ("127.0.0.1", 8080)
 KEYED = Access((b"alpha", b"beta"))

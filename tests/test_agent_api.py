@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import trio
 
-from trimail.app import TrimailApp, create_app
+from trimail.http.app import TrimailApp, create_app
 
 from .conftest import settings_for, wait_until
 from .smtpserver import SMTPTestServer

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import trio
 
-from trimail.app import TrimailApp, create_app
-from trimail.message import Envelope
+from trimail.delivery.message import Envelope
+from trimail.http.app import TrimailApp, create_app
 from trimail.testing import MemoryTransport
 
 from .conftest import final_lines, settings_for, wait_until

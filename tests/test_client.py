@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from trimail import client as client_module
 from trimail.client import AsyncClient, Client
+from trimail.client import _client as client_module
 from trimail.errors import ConnectionFailed, QueueFull, ValidationFailed
 
 ACCEPTED = {"id": "a" * 32, "status": "queued"}

@@ -14,10 +14,10 @@ import pytest
 import trio
 
 from trimail.config import SMTPSecurity
-from trimail.dispatcher import Dispatcher
+from trimail.delivery.dispatcher import Dispatcher
+from trimail.delivery.retry import RetryPolicy
+from trimail.delivery.transport import SMTPTransport, Transport, make_tls_context
 from trimail.models import SendRequest
-from trimail.retry import RetryPolicy
-from trimail.transport import SMTPTransport, Transport, make_tls_context
 
 from .conftest import drained, final_lines, running_dispatcher, wait_until
 from .smtpserver import SMTPTestServer

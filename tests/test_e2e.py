@@ -16,8 +16,8 @@ import httpx
 import pytest
 import trio
 
-from trimail.app import EXIT_DELIVERY_FAILED, create_app
-from trimail.server import serve
+from trimail.http.app import EXIT_DELIVERY_FAILED, create_app
+from trimail.http.server import serve
 
 from .apps import broken_transport
 from .conftest import settings_for
@@ -209,14 +209,14 @@ def test_refuses_unknown_setting(services: list[Service], tmp_path: Path) -> Non
 def test_plain_hypercorn_hosts_the_same_app_and_drains(
     services: list[Service], tmp_path: Path, smtp_server: SMTPTestServer
 ) -> None:
-    """hypercorn 'trimail.app:create_app()' reads TRIMAIL_* and drains in lifespan shutdown."""
+    """hypercorn 'trimail.http:create_app()' reads TRIMAIL_* and drains in lifespan shutdown."""
     env = {
         "TRIMAIL_SMTP_HOST": "127.0.0.1",
         "TRIMAIL_SMTP_PORT": str(smtp_server.port),
         "TRIMAIL_SMTP_SECURITY": "none",
     }
     command = ["-m", "hypercorn", "--worker-class", "trio", "--bind", "127.0.0.1:0"]
-    service = start_command(services, tmp_path, [*command, "trimail.app:create_app()"], env=env)
+    service = start_command(services, tmp_path, [*command, "trimail.http:create_app()"], env=env)
     url = service.wait_ready()
     smtp_server.hold()
     job_id = httpx.post(f"{url}/email/send", json=MAIL, timeout=10).json()["id"]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import trimail
 
 
@@ -39,3 +42,18 @@ def test_public_names() -> None:
     )
     for name in trimail.__all__:
         assert getattr(trimail, name) is not None
+
+
+def test_the_client_does_not_load_the_server_stack() -> None:
+    """``from trimail import Client`` imports neither Quart, Hypercorn, trio nor smtplib."""
+    code = (
+        "import sys\n"
+        "from trimail import Client, AsyncClient\n"
+        "from trimail.client import Client as C\n"
+        "heavy = {'quart', 'quart_trio', 'hypercorn', 'smtplib', 'trio'} & set(sys.modules)\n"
+        "print(sorted(heavy))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"

@@ -9,9 +9,9 @@ import ssl
 
 import pytest
 
+from trimail.delivery.failures import delivery_error
+from trimail.delivery.retry import Verdict, classify
 from trimail.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
-from trimail.failures import delivery_error
-from trimail.retry import Verdict, classify
 
 HOST, PORT = "smtp.example.com", 587
 

@@ -31,11 +31,11 @@ import trio
 from aiosmtpd.smtp import SMTP
 
 from trimail.config import SMTPSecurity
-from trimail.dispatcher import Dispatcher
+from trimail.delivery.dispatcher import Dispatcher
+from trimail.delivery.retry import RetryPolicy
+from trimail.delivery.transport import SMTPTransport, make_tls_context
 from trimail.jobs import Job
 from trimail.models import SendRequest
-from trimail.retry import RetryPolicy
-from trimail.transport import SMTPTransport, make_tls_context
 
 from .conftest import drained, final_lines, running_dispatcher, wait_until
 from .smtpserver import Received, ScriptedHandler, SMTPTestServer, _AnyPort

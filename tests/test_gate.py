@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from trimail.app import TrimailApp, create_app
+from trimail.http.app import TrimailApp, create_app
 
 from .conftest import settings_for
 from .rawhttp import address, closes, read_response, request_head
@@ -172,7 +172,7 @@ def test_plain_hypercorn_on_a_unix_socket_without_keys_sends_nothing(
     env = {"TRIMAIL_SMTP_HOST": "127.0.0.1", "TRIMAIL_SMTP_PORT": str(smtp_server.port),
            "TRIMAIL_SMTP_SECURITY": "none"}  # fmt: skip
     command = ["-m", "hypercorn", "--worker-class", "trio", "--bind", f"unix:{path}"]
-    service = start_command(services, tmp_path, [*command, "trimail.app:create_app()"], env=env)
+    service = start_command(services, tmp_path, [*command, "trimail.http:create_app()"], env=env)
     wait_for(lambda: "Running on" in service.log())
     with httpx.Client(transport=httpx.HTTPTransport(uds=str(path)), timeout=10) as client:
         refused = client.post("http://trimail/email/send", json=MAIL)

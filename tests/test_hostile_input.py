@@ -30,8 +30,8 @@ import trio
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from trimail.app import TrimailApp, create_app
-from trimail.message import Envelope
+from trimail.delivery.message import Envelope
+from trimail.http.app import TrimailApp, create_app
 from trimail.testing import MemoryTransport
 
 from .conftest import settings_for, wait_until

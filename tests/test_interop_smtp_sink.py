@@ -36,12 +36,12 @@ import pytest
 import trio
 
 from trimail.config import SMTPSecurity
-from trimail.dispatcher import Dispatcher
+from trimail.delivery.dispatcher import Dispatcher
+from trimail.delivery.message import build_envelope
+from trimail.delivery.retry import RetryPolicy
+from trimail.delivery.transport import SMTPTransport, local_hostname
 from trimail.jobs import Job
-from trimail.message import build_envelope
 from trimail.models import SendRequest
-from trimail.retry import RetryPolicy
-from trimail.transport import SMTPTransport, local_hostname
 
 from .conftest import drained, final_lines, running_dispatcher, wait_until
 

@@ -9,8 +9,8 @@ from typing import Any, cast
 
 import pytest
 
+from trimail.delivery.message import _check_headers, build_envelope, check_line_endings
 from trimail.errors import PermanentDeliveryError
-from trimail.message import _check_headers, build_envelope, check_line_endings
 from trimail.models import SendRequest
 
 

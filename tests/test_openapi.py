@@ -8,8 +8,8 @@ from typing import Any
 import jsonschema
 from openapi_spec_validator import validate
 
-from trimail.app import TrimailApp
 from trimail.errors import error_codes
+from trimail.http.app import TrimailApp
 
 from .conftest import wait_until
 

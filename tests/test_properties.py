@@ -33,8 +33,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from trimail.delivery.message import Envelope, build_envelope
 from trimail.errors import PermanentDeliveryError
-from trimail.message import Envelope, build_envelope
 from trimail.models import STRUCTURAL_HEADERS, SendRequest
 
 #: Reproducible in CI: the same examples on every run, no example database on disk.

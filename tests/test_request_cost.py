@@ -11,8 +11,8 @@ import base64
 import json
 from typing import Any
 
-from trimail.app import TrimailApp
-from trimail.jsonbody import count_json_values
+from trimail.http.app import TrimailApp
+from trimail.http.body import count_json_values
 from trimail.models import MAX_ATTACHMENTS, MAX_HEADERS
 
 from .serving import MAIL

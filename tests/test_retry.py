@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from trimail.retry import RetryPolicy, Verdict
+from trimail.delivery.retry import RetryPolicy, Verdict
 
 
 def test_backoff_is_full_jitter_up_to_the_exponential_ceiling() -> None:

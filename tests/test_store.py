@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from trimail.errors import IdempotencyKeyInUse, IdempotencyKeyReused, InvalidIdempotencyKey
-from trimail.idempotency import IdempotencyKeys, check_key, fingerprint
-from trimail.store import ExpiringStore
+from trimail.http.idempotency import IdempotencyKeys, check_key, fingerprint
+from trimail.store.expiring import ExpiringStore
 
 
 class FakeClock:

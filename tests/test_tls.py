@@ -23,13 +23,13 @@ import trustme
 from aiosmtpd.smtp import AuthResult
 
 from trimail.config import SMTPSecurity
-from trimail.dispatcher import Dispatcher
+from trimail.delivery.dispatcher import Dispatcher
+from trimail.delivery.message import Envelope, build_envelope
+from trimail.delivery.retry import RetryPolicy
+from trimail.delivery.transport import SMTPTransport, make_tls_context
 from trimail.errors import PermanentDeliveryError, TransientDeliveryError
 from trimail.jobs import Job
-from trimail.message import Envelope, build_envelope
 from trimail.models import SendRequest
-from trimail.retry import RetryPolicy
-from trimail.transport import SMTPTransport, make_tls_context
 
 from .conftest import final_lines, wait_until
 from .smtpserver import ScriptedHandler, SMTPTestServer, _AnyPort

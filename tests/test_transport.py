@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from trimail.config import SMTPSecurity
+from trimail.delivery.message import Envelope, build_envelope
+from trimail.delivery.transport import SMTPTransport
 from trimail.errors import PermanentDeliveryError, TransientDeliveryError
-from trimail.message import Envelope, build_envelope
 from trimail.models import SendRequest
-from trimail.transport import SMTPTransport
 
 from .smtpserver import SMTPTestServer
 from .test_message import SMUGGLING

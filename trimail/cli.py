@@ -27,13 +27,13 @@ import trio
 
 from .config import Settings, is_loopback, load_settings
 from .errors import ConfigurationError, ConnectionFailed, HTTPError, Unavailable
+from .http.server import serve
 from .logs import configure_logging, flush_logging
-from .server import serve
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
-log = logging.getLogger("trimail.cli")
+log = logging.getLogger(__name__)
 
 DEV_OUTBOX = Path("outbox")
 BIND_ERRNOS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES})

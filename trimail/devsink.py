@@ -19,7 +19,7 @@ from typing import Any, cast
 
 from aiosmtpd.controller import Controller
 
-log = logging.getLogger("trimail.devsink")
+log = logging.getLogger(__name__)
 
 
 class OutboxHandler:

@@ -21,10 +21,10 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
 
-from .message import Envelope
+from .delivery.message import Envelope
 from .models import SendRequest
 
-log = logging.getLogger("trimail.jobs")
+log = logging.getLogger(__name__)
 
 
 class Outcome(str, Enum):

@@ -221,7 +221,7 @@ def _problem(field: str, rule: str, message: str) -> InitErrorDetails:
 
 
 def json_values_limit(max_recipients: int) -> int:
-    """More JSON values than the largest valid batch can hold (see trimail.jsonbody)."""
+    """More JSON values than the largest valid batch can hold (see trimail.http.body)."""
     per_message = max_recipients + 4 * MAX_HEADERS + 16 * MAX_ATTACHMENTS + 64
     return MAX_BATCH * per_message
 

@@ -10,8 +10,8 @@ import threading
 from collections import deque
 from collections.abc import Callable
 
-from .message import Envelope
-from .transport import SendResult
+from .delivery.message import Envelope
+from .delivery.transport import SendResult
 
 
 class MemoryTransport:
@@ -34,7 +34,7 @@ class MemoryTransport:
     def factory(
         cls, sent: list[Envelope], failures: deque[BaseException] | None = None
     ) -> Callable[[], MemoryTransport]:
-        """A transport factory for :func:`trimail.app.create_app`, all recording into ``sent``."""
+        """A transport factory for :func:`trimail.create_app`, all recording into ``sent``."""
         shared_failures = failures if failures is not None else deque()
         return lambda: cls(sent, shared_failures)
 

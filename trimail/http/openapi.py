@@ -12,9 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .errors import error_codes
-from .idempotency import MAX_KEY_CHARS
-from .models import (
+from ..errors import error_codes
+from ..models import (
     MAX_BATCH,
     Accepted,
     BatchAccepted,
@@ -24,6 +23,7 @@ from .models import (
     Ready,
     SendRequest,
 )
+from .idempotency import MAX_KEY_CHARS
 
 REF = "#/components/schemas/{model}"
 #: The error codes each route can answer, by HTTP status.

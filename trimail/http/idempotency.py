@@ -21,8 +21,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import IdempotencyKeyInUse, IdempotencyKeyReused, InvalidIdempotencyKey
-from .store import ExpiringStore
+from ..errors import IdempotencyKeyInUse, IdempotencyKeyReused, InvalidIdempotencyKey
+from ..store.expiring import ExpiringStore
 
 MAX_KEY_CHARS = 256
 _KEY = re.compile(r"[\x21-\x7e]{1,256}")  # visible ASCII, as in a header value

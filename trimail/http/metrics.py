@@ -10,8 +10,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from .dispatcher import Dispatcher, Observer
-from .jobs import Outcome
+from ..delivery.dispatcher import Dispatcher, Observer
+from ..jobs import Outcome
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 

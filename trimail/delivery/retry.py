@@ -5,7 +5,7 @@
 ``attempt`` is the number of the attempt that just failed (1 for the first).
 
 Which failures are transient is decided where they are understood, in
-:mod:`trimail.failures`; the policy only counts.
+:mod:`trimail.delivery.failures`; the policy only counts.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
-from .errors import DeliveryError, TransientDeliveryError
+from ..errors import DeliveryError, TransientDeliveryError
 from .failures import code_is_transient
 
 

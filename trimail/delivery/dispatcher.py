@@ -3,7 +3,7 @@
 Lifetimes, all inside the one nursery that :meth:`Dispatcher.run` opens:
 
 - *workers* (``workers`` of them) take jobs from the queue, each through its own
-  :class:`~trimail.transport.Transport`, and run the blocking send in a thread;
+  :class:`~trimail.delivery.transport.Transport`, and run the blocking send in a thread;
 - *retry timers* (one per job waiting for a retry) sleep through the backoff
   and put the job back on the queue; a waiting job holds no worker and no thread.
 
@@ -23,15 +23,15 @@ from collections.abc import Callable, Sequence
 
 import trio
 
-from .errors import DeliveryError, QueueFull, ShuttingDown
-from .jobs import Job, JobRecord, Outcome, State
+from ..errors import DeliveryError, QueueFull, ShuttingDown
+from ..jobs import Job, JobRecord, Outcome, State
+from ..models import SendRequest
+from ..store.expiring import ExpiringStore
 from .message import build_envelope
-from .models import SendRequest
 from .retry import RetryPolicy, Verdict, classify, classify_code
-from .store import ExpiringStore
 from .transport import SendResult, Transport
 
-log = logging.getLogger("trimail.dispatcher")
+log = logging.getLogger(__name__)
 
 #: Seconds a caller is told to wait after ``queue_full``: long enough for the
 #: workers to finish a round of sends at typical provider latency (a guess).
@@ -41,7 +41,7 @@ QUIT_TIMEOUT = 1.0
 
 
 class Observer:
-    """What the dispatcher reports as it works; this base ignores it (see trimail.metrics).
+    """What the dispatcher reports as it works; this base ignores it (see trimail.http.metrics).
 
     Called on the event loop, synchronously: implementations must not block.
     """

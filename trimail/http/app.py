@@ -1,6 +1,6 @@
 """``create_app()``: wires settings, the dispatcher and the routes into a Quart-Trio app.
 
-``hypercorn --worker-class trio 'trimail.app:create_app()'`` serves it with the
+``hypercorn --worker-class trio 'trimail.http:create_app()'`` serves it with the
 settings read from ``TRIMAIL_*`` variables; ``trimail serve`` does the same and
 adds signal handling that keeps answering ``503 shutting_down`` during the drain.
 """
@@ -16,21 +16,21 @@ from typing import Any, cast
 import trio
 from quart_trio import QuartTrio
 
+from ..config import Settings, load_settings
+from ..delivery.dispatcher import Dispatcher
+from ..delivery.retry import RetryPolicy
+from ..delivery.transport import SMTPTransport, Transport, make_tls_context
+from ..logs import configure_logging, flush_logging
+from ..models import json_values_limit
+from ..store.expiring import ExpiringStore
 from .access import Access
-from .api import JobIdConverter, api
-from .config import Settings, load_settings
-from .dispatcher import Dispatcher
 from .gate import ASGIApp, ByteBudget, Gate
 from .idempotency import IdempotencyKeys
-from .logs import configure_logging, flush_logging
 from .metrics import Metrics
-from .models import json_values_limit
 from .openapi import build_openapi, dump, render_html
-from .retry import RetryPolicy
-from .store import ExpiringStore
-from .transport import SMTPTransport, Transport, make_tls_context
+from .routes import JobIdConverter, api
 
-log = logging.getLogger("trimail.app")
+log = logging.getLogger(__name__)
 
 #: Seconds beyond the shutdown grace that quart-trio's and Hypercorn's shutdown
 #: deadlines allow, so that cutting connections and logging what was not

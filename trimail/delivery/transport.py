@@ -6,7 +6,7 @@ socket operation is bounded by ``timeout`` and :meth:`~SMTPTransport.abort`
 lets the event loop cut a connection short from outside.
 
 Error handling: :meth:`SMTPTransport.send` raises only
-:class:`~trimail.errors.DeliveryError` (see :mod:`trimail.failures`), with the
+:class:`~trimail.errors.DeliveryError` (see :mod:`trimail.delivery.failures`), with the
 smtplib, ssl or socket error chained as its cause.
 """
 
@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from .config import SMTPSecurity, is_loopback
-from .errors import PermanentDeliveryError, TransientDeliveryError
+from ..config import SMTPSecurity, is_loopback
+from ..errors import PermanentDeliveryError, TransientDeliveryError
 from .failures import delivery_error, reply_text
 from .message import Envelope
 
-log = logging.getLogger("trimail.transport")
+log = logging.getLogger(__name__)
 
 #: Reply codes that accept a recipient (RFC 5321 section 4.2.5).
 RCPT_ACCEPTED = (250, 251)

@@ -3,7 +3,7 @@
 For every HTTP request, in this order, each refusal answered at once with
 ``Connection: close`` (when a body may follow) so that nothing more is read:
 
-1. **Who**: the route's :class:`~trimail.access.Guard` is checked from the headers
+1. **Who**: the route's :class:`~trimail.http.access.Guard` is checked from the headers
    and addresses alone (``401``); the caller's owner id goes into the scope.
 2. **How big**: a ``Content-Length`` above ``TRIMAIL_MAX_REQUEST_BYTES`` is ``413``.
 3. **How much at once**: every request body is counted against one
@@ -28,8 +28,8 @@ from typing import Any
 
 import trio
 
+from ..errors import HTTPError, PayloadTooLarge, ServerBusy, Unauthorized
 from .access import Access, Guard
-from .errors import HTTPError, PayloadTooLarge, ServerBusy, Unauthorized
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

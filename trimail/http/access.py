@@ -21,8 +21,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-from .config import is_loopback
-from .errors import Unauthorized
+from ..config import is_loopback
+from ..errors import Unauthorized
 
 #: Headers a reverse proxy adds; their presence means the TCP peer is not the caller.
 PROXY_HEADERS = frozenset({b"forwarded", b"x-forwarded-for", b"x-real-ip", b"via"})

@@ -18,10 +18,10 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
+from ..config import Settings
 from .app import EXIT_DELIVERY_FAILED, SHUTDOWN_MARGIN, TrimailApp, create_app
-from .config import Settings
 
-log = logging.getLogger("trimail.server")
+log = logging.getLogger(__name__)
 
 #: Listen backlog: Hypercorn's default of 100 overflows under bursts of new
 #: connections on a busy instance; the kernel caps it at somaxconn anyway.
@@ -41,7 +41,7 @@ def hypercorn_config(settings: Settings) -> HypercornConfig:
         host = f"[{settings.host}]" if ":" in settings.host else settings.host
         config.bind = [f"{host}:{settings.port}"]
     config.accesslog = None  # one log line per job is enough; access logs cost I/O per request
-    config.errorlog = logging.getLogger("trimail.server")
+    config.errorlog = log
     config.backlog = LISTEN_BACKLOG
     config.graceful_timeout = GRACEFUL_HTTP_TIMEOUT
     # A connection silent this long is closed; later than the app's own body timeout,
@@ -54,7 +54,7 @@ def hypercorn_config(settings: Settings) -> HypercornConfig:
 async def serve(settings: Settings, app: TrimailApp | None = None) -> int:
     """Serve until SIGTERM or SIGINT, drain while still answering; return the exit status.
 
-    The status is 0, or :data:`~trimail.app.EXIT_DELIVERY_FAILED` when the server
+    The status is 0, or :data:`~trimail.http.app.EXIT_DELIVERY_FAILED` when the server
     stopped because delivery had stopped by itself.
     """
     app = app or create_app(settings, setup_logging=False)

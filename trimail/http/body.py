@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .errors import InvalidJSON, PayloadTooLarge
+from ..errors import InvalidJSON, PayloadTooLarge
 
 
 def count_json_values(body: bytes, limit: int) -> int:

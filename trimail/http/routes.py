@@ -18,18 +18,18 @@ from quart import Blueprint, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter
 
-from . import errors
+from .. import errors
+from ..jobs import Job
+from ..models import Attachment, BatchRequest, SendRequest
+from .body import parse_json, shorten
 from .gate import OWNER
 from .idempotency import check_key, fingerprint
-from .jobs import Job
-from .jsonbody import parse_json, shorten
 from .metrics import CONTENT_TYPE_LATEST
-from .models import Attachment, BatchRequest, SendRequest
 
 if TYPE_CHECKING:
     from .app import TrimailApp
 
-log = logging.getLogger("trimail.api")
+log = logging.getLogger(__name__)
 api = Blueprint("trimail", __name__)
 
 JSON_TYPE = "application/json"

@@ -22,7 +22,7 @@ import smtplib
 import socket
 import ssl
 
-from .errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
+from ..errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 
 #: OpenSSL's reasons for a failed handshake that point at a wrong TRIMAIL_SMTP_SECURITY.
 _TLS_HINTS = {

@@ -1,0 +1,1 @@
+"""Delivery: the dispatcher, the SMTP transport, the message builder and the retry policy."""

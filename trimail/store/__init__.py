@@ -1,0 +1,1 @@
+"""Where jobs live between their acceptance and their final outcome."""
