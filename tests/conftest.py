@@ -8,6 +8,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -18,8 +19,13 @@ from trimail.config import Settings
 from trimail.delivery.dispatcher import Dispatcher
 from trimail.delivery.transport import Transport
 from trimail.http.app import TrimailApp, create_app
-from trimail.jobs import Outcome
+from trimail.intake import Intake
+from trimail.ledger import Ledger
+from trimail.models import SendRequest
+from trimail.store import JobStatus, JobStore, Limits
+from trimail.store.memory import MemoryStore
 
+from .pgserver import PostgresServer, find_binaries
 from .serving import services
 from .smtpserver import SMTPTestServer
 
@@ -32,6 +38,25 @@ def smtp_server() -> Iterator[SMTPTestServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL cluster for the whole session; skipped where PostgreSQL is absent."""
+    binaries = find_binaries()
+    if binaries is None:
+        pytest.skip("PostgreSQL server binaries are missing: install Debian's postgresql (.ci/run)")
+    server = PostgresServer(binaries)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """A fresh, empty database of the session's cluster."""
+    return postgres_server.database()
 
 
 @pytest.fixture
@@ -76,34 +101,136 @@ def final_lines(caplog: pytest.LogCaptureFixture) -> dict[str, list[str]]:
 
 
 async def wait_until(predicate: Any, timeout: float = 10.0) -> None:
-    """Poll ``predicate`` every 5 ms of real time, at most ``timeout`` real seconds."""
+    """Poll ``predicate`` every 5 ms of real time, at most ``timeout`` real seconds.
+
+    The predicate may return an awaitable (``lambda: retrying(app, 1)``).
+    """
     for _ in range(int(timeout / 0.005)):
-        if predicate():
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
             return
         await trio.to_thread.run_sync(time.sleep, 0.005)
     raise AssertionError("condition not reached in time")
 
 
+async def retrying(app: TrimailApp, count: int) -> bool:
+    """Whether the app's store holds exactly ``count`` jobs waiting for a retry."""
+    assert app.store is not None
+    return (await app.store.stats()).retrying == count
+
+
+#: The Unix time that trio's clock 0 stands for in tests: stores get wall-clock times
+#: that advance with trio's (virtual, under autojump) clock.
+EPOCH = 1_800_000_000.0
+
+
+def trio_clock() -> float:
+    return EPOCH + trio.current_time()
+
+
+def memory_limits(queue_size: int = 10_000, queue_bytes: int = 256 * 1024 * 1024) -> Limits:
+    return Limits(queue_size, queue_bytes, 86_400, 100_000, 86_400, 100_000)
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """A job submitted in a test: its id."""
+
+    id: str
+
+
+@dataclass
+class Delivery:
+    """A dispatcher delivering from a store, and an intake to submit through (tests only)."""
+
+    dispatcher: Dispatcher
+    intake: Intake
+    store: JobStore
+
+    async def submit(self, request: SendRequest, owner: str | None = None) -> Submitted:
+        """Store ``request`` as a job, as the API would."""
+        answer, _ = await self.intake.submit([request], owner, lambda ids: {"id": ids[0]})
+        return Submitted(str(answer["id"]))
+
+    async def status(self, job_id: str) -> JobStatus:
+        status = await self.store.status(job_id, trio_clock())
+        assert status is not None, f"no status for job {job_id}"
+        return status
+
+    async def attempts(self, job_id: str) -> int:
+        return (await self.status(job_id)).attempts
+
+    @property
+    def outstanding(self) -> int:
+        """Jobs accepted here and not yet closed in the ledger."""
+        return len(self.dispatcher.ledger.open)
+
+    @property
+    def retrying(self) -> int:
+        """Jobs waiting for a retry (memory store: counted without waiting)."""
+        assert isinstance(self.store, MemoryStore)
+        return self.store.stats_now().retrying
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the dispatcher, accepting jobs once it is ready (start with ``nursery.start``)."""
+
+        self.intake.accepting = True
+        await self.dispatcher.run(task_status=task_status)
+
+    async def shutdown(self) -> None:
+        self.intake.accepting = False
+        await self.dispatcher.shutdown()
+
+    async def counts(self, **expected: int) -> bool:
+        """Whether the store's open jobs are as ``expected`` (``queued=``, ``retrying=``...)."""
+        stats = await self.store.stats()
+        return all(getattr(stats, state) == count for state, count in expected.items())
+
+
+def new_delivery(
+    transport_factory: Callable[[], Transport],
+    *,
+    store: JobStore | None = None,
+    queue_size: int = 10_000,
+    **kwargs: Any,
+) -> Delivery:
+    """A dispatcher on ``store`` (a new memory store by default), not started yet."""
+    store = store or MemoryStore(memory_limits(queue_size))
+    ledger = Ledger()
+    kwargs.setdefault("clock", trio_clock)
+    dispatcher = Dispatcher(store, transport_factory, ledger=ledger, **kwargs)
+    intake = Intake(store, ledger, grace=dispatcher.grace, clock=kwargs["clock"])
+    intake.on_accept = dispatcher.wake
+    return Delivery(dispatcher, intake, store)
+
+
 @asynccontextmanager
 async def running_dispatcher(
     transport_factory: Callable[[], Transport], **kwargs: Any
-) -> AsyncIterator[Dispatcher]:
-    """A started dispatcher; on exit it drains (with its grace), or stops at once on an error."""
-    dispatcher = Dispatcher(transport_factory, **kwargs)
+) -> AsyncIterator[Delivery]:
+    """A started dispatcher (see :func:`new_delivery`); on exit it drains, or stops at once."""
+    delivery = new_delivery(transport_factory, **kwargs)
     async with trio.open_nursery() as nursery:
-        await nursery.start(dispatcher.run)
+        await nursery.start(delivery.run)
         try:
-            yield dispatcher
+            yield delivery
         except BaseException:
-            dispatcher.stop_now()  # a frozen test clock would never end the grace
+            delivery.dispatcher.stop_now()  # a frozen test clock would never end the grace
             raise
         finally:
-            await dispatcher.shutdown()
+            await delivery.shutdown()
 
 
-async def drained(dispatcher: Dispatcher) -> None:
-    """Wait until every accepted job has its final outcome."""
-    await wait_until(lambda: dispatcher.outstanding == 0)
+async def drained(delivery: Delivery) -> None:
+    """Wait until every accepted job has its closing line."""
+    await wait_until(lambda: delivery.outstanding == 0)
+
+
+def open_jobs(app: TrimailApp) -> int:
+    """Jobs the app accepted and has not closed yet."""
+    return len(app.ledger.open)
 
 
 @pytest.fixture(autouse=True)
@@ -134,11 +261,17 @@ def _loopback_test_client(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 __all__ = [
-    "Outcome",
+    "EPOCH",
+    "Delivery",
     "drained",
     "final_lines",
+    "memory_limits",
+    "new_delivery",
+    "open_jobs",
+    "retrying",
     "running_dispatcher",
     "services",
     "settings_for",
+    "trio_clock",
     "wait_until",
 ]

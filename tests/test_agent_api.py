@@ -12,7 +12,7 @@ import trio
 
 from trimail.http.app import TrimailApp, create_app
 
-from .conftest import settings_for, wait_until
+from .conftest import open_jobs, retrying, settings_for, wait_until
 from .smtpserver import SMTPTestServer
 
 MAIL = {"from": "svc@example.com", "to": "user@example.com", "subject": "Hi", "text": "Hello"}
@@ -48,7 +48,7 @@ async def test_status_follows_a_job_to_sent(
     assert status == 200
     assert body["status"] in {"queued", "sending"}
     smtp_server.release()
-    await wait_until(lambda: keyed_app.dispatcher.outstanding == 0)
+    await wait_until(lambda: open_jobs(keyed_app) == 0)
     status, body = await status_of(keyed_app, job_id)
     assert (body["status"], body["attempts"]) == ("sent", 1)
     assert "last_error" not in body
@@ -62,7 +62,7 @@ async def test_status_shows_retrying_with_the_last_error(
     smtp_server.fail("DATA", "451 4.3.0 try later")
     sent = await keyed_app.test_client().post("/email/send", json=MAIL, headers=auth())
     job_id = (await sent.get_json())["id"]
-    await wait_until(lambda: keyed_app.dispatcher.retrying == 1)
+    await wait_until(lambda: retrying(keyed_app, 1))
     _, body = await status_of(keyed_app, job_id)
     assert body["status"] == "retrying"
     assert body["last_error"] == {"code": 451, "message": "451 4.3.0 try later"}
@@ -75,7 +75,7 @@ async def test_failed_job_reports_its_reason(
     smtp_server.fail("DATA", "554 5.7.1 rejected")
     sent = await keyed_app.test_client().post("/email/send", json=MAIL, headers=auth())
     job_id = (await sent.get_json())["id"]
-    await wait_until(lambda: keyed_app.dispatcher.outstanding == 0)
+    await wait_until(lambda: open_jobs(keyed_app) == 0)
     _, body = await status_of(keyed_app, job_id)
     assert body["status"] == "failed"
     assert body["last_error"]["code"] == 554
@@ -88,7 +88,7 @@ async def test_every_recipient_refused_reports_the_reply(
     smtp_server.fail("RCPT", "550 5.1.1 no such user")
     sent = await keyed_app.test_client().post("/email/send", json=MAIL, headers=auth())
     job_id = (await sent.get_json())["id"]
-    await wait_until(lambda: keyed_app.dispatcher.outstanding == 0)
+    await wait_until(lambda: open_jobs(keyed_app) == 0)
     _, body = await status_of(keyed_app, job_id)
     assert body["status"] == "failed"
     assert body["last_error"] == {"code": 550, "message": "550 5.1.1 no such user"}
@@ -130,7 +130,7 @@ async def test_batch_validation_is_all_or_nothing(
     assert response.status_code == 422
     fields = [d["field"] for d in (await response.get_json())["error"]["details"]]
     assert fields == ["[1].to[0]", "[2].subject"]
-    assert keyed_app.dispatcher.outstanding == 0
+    assert open_jobs(keyed_app) == 0
     assert smtp_server.received == []
 
 
@@ -145,9 +145,9 @@ async def test_batch_size_limits(keyed_app: TrimailApp, size: int, rule: str) ->
 
 
 async def test_batch_that_does_not_fit_is_refused_whole(smtp_server: SMTPTestServer) -> None:
-    """With room for 2 jobs, a batch of 3 gets 503 queue_full and queues nothing."""
+    """With room for 2 more jobs, a batch of 3 gets 503 queue_full and queues nothing."""
     smtp_server.hold()
-    app = create_app(settings_for(smtp_server, workers=1, queue_size=3), setup_logging=False)
+    app = create_app(settings_for(smtp_server, workers=1, queue_size=4), setup_logging=False)
     async with app.test_app():
         client = app.test_client()
         assert (await client.post("/email/send", json=MAIL)).status_code == 202
@@ -156,7 +156,7 @@ async def test_batch_that_does_not_fit_is_refused_whole(smtp_server: SMTPTestSer
         response = await client.post("/email/batch", json=[MAIL] * 3)
         assert response.status_code == 503
         assert (await response.get_json())["error"]["code"] == "queue_full"
-        assert app.dispatcher.outstanding == 2
+        assert open_jobs(app) == 2
         assert (await client.post("/email/batch", json=[MAIL] * 2)).status_code == 202
         smtp_server.release()
 
@@ -170,12 +170,11 @@ async def test_readyz_follows_queue_and_shutdown(smtp_server: SMTPTestServer) ->
         assert (await client.get("/readyz")).status_code == 200
         await client.post("/email/send", json=MAIL)
         await wait_until(lambda: smtp_server.holding)
-        await client.post("/email/send", json=MAIL)
         full = await client.get("/readyz")
         assert (full.status_code, (await full.get_json())["error"]["code"]) == (503, "queue_full")
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(app.dispatcher.shutdown)
-            await wait_until(lambda: not app.dispatcher.accepting)
+            nursery.start_soon(app.drain)
+            await wait_until(lambda: not app.intake.accepting)
             closing = await client.get("/readyz")
             assert (await closing.get_json())["error"]["code"] == "shutting_down"
             smtp_server.release()
@@ -189,7 +188,7 @@ async def test_metrics_count_requests_attempts_and_outcomes(
     client = keyed_app.test_client()
     await client.post("/email/send", json=MAIL, headers=auth())
     await client.post("/email/send", json={}, headers=auth())
-    await wait_until(lambda: keyed_app.dispatcher.retrying == 1)
+    await wait_until(lambda: retrying(keyed_app, 1))
     text = (await (await client.get("/metrics", headers=auth())).get_data()).decode()
     assert 'trimail_http_requests_total{route="/email/send",status="202"} 1.0' in text
     assert 'trimail_http_requests_total{route="/email/send",status="422"} 1.0' in text
@@ -212,7 +211,7 @@ async def test_idempotent_retry_returns_the_same_job(
     assert (first.status_code, again.status_code) == (202, 202)
     assert await first.get_json() == await again.get_json()
     assert again.headers["Idempotent-Replayed"] == "true"
-    await wait_until(lambda: keyed_app.dispatcher.outstanding == 0)
+    await wait_until(lambda: open_jobs(keyed_app) == 0)
     assert len(smtp_server.received) == 1
     other = await client.post("/email/send", json={**MAIL, "subject": "x"}, headers=headers)
     assert (other.status_code, (await other.get_json())["error"]["code"]) == (
@@ -249,8 +248,8 @@ async def test_a_replay_is_answered_during_the_drain(smtp_server: SMTPTestServer
         first = await client.post("/email/send", json=MAIL, headers=headers)
         await wait_until(lambda: smtp_server.holding)  # the drain cannot end yet
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(app.dispatcher.shutdown)
-            await wait_until(lambda: not app.dispatcher.accepting)
+            nursery.start_soon(app.drain)
+            await wait_until(lambda: not app.intake.accepting)
             again = await client.post("/email/send", json=MAIL, headers=headers)
             assert again.status_code == 202
             assert again.headers["Idempotent-Replayed"] == "true"

@@ -17,7 +17,7 @@ from trimail.delivery.message import Envelope
 from trimail.http.app import TrimailApp, create_app
 from trimail.testing import MemoryTransport
 
-from .conftest import final_lines, settings_for, wait_until
+from .conftest import final_lines, open_jobs, settings_for, wait_until
 from .smtpserver import SMTPTestServer
 
 VALID = {
@@ -95,7 +95,7 @@ async def test_bad_requests_get_a_json_error_and_send_nothing(
     got_status, body, _ = await post(running_app, **kwargs)
     assert (got_status, body["error"]["code"]) == (status, code)
     assert body["error"]["message"]
-    assert running_app.dispatcher.outstanding == 0
+    assert open_jobs(running_app) == 0
     assert smtp_server.received == []
 
 
@@ -162,7 +162,7 @@ async def test_missing_or_wrong_key_is_401(
     status, body, response_headers = await post(keyed_app, headers=headers)
     assert (status, body["error"]["code"]) == (401, "unauthorized")
     assert response_headers["WWW-Authenticate"].startswith("Bearer")
-    assert keyed_app.dispatcher.outstanding == 0
+    assert open_jobs(keyed_app) == 0
 
 
 @pytest.mark.parametrize("key", ["alpha-key", "beta-key"])
@@ -183,9 +183,9 @@ async def test_without_keys_only_loopback_is_served(running_app: TrimailApp) -> 
 
 
 async def test_queue_full_is_503_with_retry_after(smtp_server: SMTPTestServer) -> None:
-    """When the queue is full the answer is 503 queue_full at once, with Retry-After."""
+    """When the jobs not yet final fill the queue, the answer is 503 queue_full, Retry-After."""
     smtp_server.hold()
-    app = create_app(settings_for(smtp_server, workers=1, queue_size=1), setup_logging=False)
+    app = create_app(settings_for(smtp_server, workers=1, queue_size=2), setup_logging=False)
     async with app.test_app():
         assert (await post(app))[0] == 202
         await wait_until(lambda: smtp_server.holding)  # the worker holds job 1
@@ -193,7 +193,7 @@ async def test_queue_full_is_503_with_retry_after(smtp_server: SMTPTestServer) -
         status, body, headers = await post(app)
         assert (status, body["error"]["code"]) == (503, "queue_full")
         assert int(headers["Retry-After"]) >= 1
-        assert app.dispatcher.outstanding == 2
+        assert open_jobs(app) == 2
         smtp_server.release()
     assert len(smtp_server.received) == 2
 
@@ -205,8 +205,8 @@ async def test_shutting_down_is_503_with_retry_after() -> None:
         settings_for(), transport_factory=MemoryTransport.factory(sent), setup_logging=False
     )
     async with app.test_app(), trio.open_nursery() as nursery:
-        nursery.start_soon(app.dispatcher.shutdown)
-        await wait_until(lambda: not app.dispatcher.accepting)
+        nursery.start_soon(app.drain)
+        await wait_until(lambda: not app.intake.accepting)
         status, body, headers = await post(app)
         assert (status, body["error"]["code"]) == (503, "shutting_down")
         assert int(headers["Retry-After"]) >= 1

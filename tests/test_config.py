@@ -11,8 +11,11 @@ from trimail.errors import ConfigurationError
 def test_defaults() -> None:
     """The documented defaults hold with an empty environment."""
     settings = load_settings({})
-    assert (settings.workers, settings.queue_size, settings.max_attempts) == (8, 10_000, 5)
+    assert (settings.workers, settings.max_attempts) == (8, None)
+    assert (settings.store, settings.role.value, settings.lease_seconds) == ("memory", "all", 900)
+    assert (settings.effective_queue_size, settings.effective_queue_bytes) == (10_000, 256 << 20)
     assert (settings.retry_base_delay, settings.retry_max_delay) == (1.0, 300.0)
+    assert settings.retry_window == 86_400.0
     assert settings.smtp_timeout == 30.0
     assert settings.shutdown_grace == 30.0
     assert settings.max_recipients == 50
@@ -73,3 +76,47 @@ def test_smtp_port_follows_security(security: str, port: int) -> None:
 def test_is_loopback(host: str, loopback: bool) -> None:
     """Only names and addresses of this machine count as loopback."""
     assert is_loopback(host) is loopback
+
+
+@pytest.mark.parametrize(
+    ("written", "seconds"),
+    [("90", 90), ("90s", 90), ("5m", 300), ("24h", 86_400), ("2d", 172_800), ("1.5h", 5400)],
+)
+def test_durations_take_a_unit(written: str, seconds: float) -> None:
+    """TRIMAIL_RETRY_WINDOW and the TTLs are seconds, or a number with s, m, h or d."""
+    assert load_settings({"TRIMAIL_RETRY_WINDOW": written}).retry_window == seconds
+
+
+def test_a_bad_duration_names_the_setting() -> None:
+    """'a day' is not a duration: the error names the variable and the forms it takes."""
+    with pytest.raises(ConfigurationError, match=r"TRIMAIL_RETRY_WINDOW.*s, m, h or d"):
+        load_settings({"TRIMAIL_RETRY_WINDOW": "a day"})
+
+
+@pytest.mark.parametrize(
+    "store", ["redis://localhost", "sqlite:///", "sqlite://host/spool.db", "spool.db", ""]
+)
+def test_an_unknown_store_is_refused(store: str) -> None:
+    """TRIMAIL_STORE is memory, sqlite:///ABSOLUTE/PATH or a PostgreSQL URL; else an error."""
+    with pytest.raises(ConfigurationError, match="TRIMAIL_STORE"):
+        load_settings({"TRIMAIL_STORE": store})
+
+
+def test_durable_stores_have_larger_default_limits() -> None:
+    """A durable store absorbs a long outage: a million jobs and 4 GiB by default."""
+    settings = load_settings({"TRIMAIL_STORE": "sqlite:///var/lib/trimail/spool.db"})
+    assert (settings.effective_queue_size, settings.effective_queue_bytes) == (10**6, 4 << 30)
+
+
+@pytest.mark.parametrize("role", ["api", "delivery"])
+def test_split_roles_need_a_durable_store(role: str) -> None:
+    """api and delivery share work through the store: with memory they would share nothing."""
+    with pytest.raises(ConfigurationError, match="durable store"):
+        load_settings({"TRIMAIL_ROLE": role})
+    load_settings({"TRIMAIL_ROLE": role, "TRIMAIL_STORE": "postgresql://u:p@db/trimail"})
+
+
+def test_the_store_password_is_redacted() -> None:
+    """The store URL as logged hides its password."""
+    settings = load_settings({"TRIMAIL_STORE": "postgresql://mailer:s3cret@db:5432/trimail"})
+    assert settings.redacted_store == "postgresql://mailer:***@db:5432/trimail"

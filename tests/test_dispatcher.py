@@ -14,12 +14,11 @@ import pytest
 import trio
 
 from trimail.config import SMTPSecurity
-from trimail.delivery.dispatcher import Dispatcher
 from trimail.delivery.retry import RetryPolicy
 from trimail.delivery.transport import SMTPTransport, Transport, make_tls_context
 from trimail.models import SendRequest
 
-from .conftest import drained, final_lines, running_dispatcher, wait_until
+from .conftest import Delivery, drained, final_lines, new_delivery, running_dispatcher, wait_until
 from .smtpserver import SMTPTestServer
 
 LONGEST = RetryPolicy(base_delay=10, max_delay=1000, max_attempts=5, uniform=lambda lo, hi: hi)
@@ -45,7 +44,7 @@ def smtp_factory(port: int) -> Callable[[], Transport]:
     )
 
 
-def running(port: int, **kwargs: Any) -> AbstractAsyncContextManager[Dispatcher]:
+def running(port: int, **kwargs: Any) -> AbstractAsyncContextManager[Delivery]:
     """A started dispatcher delivering to ``port``, with long backoffs unless told otherwise."""
     kwargs.setdefault("retry", LONGEST)
     return running_dispatcher(smtp_factory(port), **kwargs)
@@ -58,10 +57,10 @@ async def test_transient_failures_are_retried_with_backoff(
     smtp_server.fail("DATA", "451 4.3.0 try again later", times=2)
     async with running(smtp_server.port, workers=1) as dispatcher:
         start = trio.current_time()
-        job = dispatcher.submit(message())
+        job = await dispatcher.submit(message())
         await drained(dispatcher)
         assert trio.current_time() - start == pytest.approx(30, abs=0.5)
-    assert job.attempts == 3
+    assert (await dispatcher.attempts(job.id)) == 3
     assert final_lines(caplog) == {job.id: ["sent"]}
     assert len(smtp_server.received) == 1
     codes = [r.smtp_code for r in caplog.records if getattr(r, "event", "") == "attempt"]
@@ -74,8 +73,8 @@ async def test_a_job_waiting_for_retry_holds_no_worker(
     """With one worker, a job sent after a failing one is delivered during its backoff."""
     smtp_server.fail("RCPT", "451 4.3.0 later", match="first@")
     async with running(smtp_server.port, workers=1) as dispatcher:
-        first = dispatcher.submit(message("first@example.com"))
-        second = dispatcher.submit(message("second@example.com"))
+        first = await dispatcher.submit(message("first@example.com"))
+        second = await dispatcher.submit(message("second@example.com"))
         await drained(dispatcher)
     finals = [r.job_id for r in caplog.records if getattr(r, "event", "") == "final"]
     assert finals == [second.id, first.id]
@@ -88,9 +87,9 @@ async def test_permanent_failure_is_not_retried(
     """A 5xx to DATA fails the job after one attempt, with the code in its final line."""
     smtp_server.fail("DATA", "554 5.7.1 rejected as spam")
     async with running(smtp_server.port) as dispatcher:
-        job = dispatcher.submit(message())
+        job = await dispatcher.submit(message())
         await drained(dispatcher)
-    assert job.attempts == 1
+    assert (await dispatcher.attempts(job.id)) == 1
     assert final_lines(caplog) == {job.id: ["failed"]}
     final = next(r for r in caplog.records if getattr(r, "event", "") == "final")
     assert "554 5.7.1 rejected as spam" in final.getMessage()
@@ -101,9 +100,9 @@ async def test_attempts_are_bounded(
 ) -> None:
     """With the provider down, every refused connection is an attempt; after 5 the job fails."""
     async with running(closed_port) as dispatcher:
-        job = dispatcher.submit(message())
+        job = await dispatcher.submit(message())
         await drained(dispatcher)
-    assert job.attempts == 5
+    assert (await dispatcher.attempts(job.id)) == 5
     assert final_lines(caplog) == {job.id: ["failed"]}
     final = next(r for r in caplog.records if getattr(r, "event", "") == "final")
     assert final.getMessage().endswith(f"connection refused by 127.0.0.1:{closed_port}")
@@ -116,14 +115,17 @@ async def test_partial_refusal(
     smtp_server.fail("RCPT", "550 5.1.1 no such user", times=5, match="gone@")
     smtp_server.fail("RCPT", "452 4.2.2 mailbox full", times=1, match="full@")
     async with running(smtp_server.port) as dispatcher:
-        job = dispatcher.submit(message("ok@example.com", "gone@example.com", "full@example.com"))
+        job = await dispatcher.submit(
+            message("ok@example.com", "gone@example.com", "full@example.com")
+        )
         await drained(dispatcher)
+        refused = (await dispatcher.status(job.id)).refused
     assert [r.rcpt_tos for r in smtp_server.received] == [
         ["ok@example.com"],
         ["full@example.com"],
     ]
     assert final_lines(caplog) == {job.id: ["sent"]}
-    assert job.refused == {"gone@example.com": "550 5.1.1 no such user"}
+    assert refused == {"gone@example.com": "550 5.1.1 no such user"}
     final = next(r for r in caplog.records if getattr(r, "event", "") == "final")
     assert "gone@example.com" in final.getMessage()
 
@@ -134,7 +136,7 @@ async def test_every_recipient_refused_permanently_fails_the_job(
     """When every recipient gets a 5xx, nothing is sent and the job fails."""
     smtp_server.fail("RCPT", "550 5.1.1 no such user", times=2)
     async with running(smtp_server.port) as dispatcher:
-        job = dispatcher.submit(message("a@example.com", "b@example.com"))
+        job = await dispatcher.submit(message("a@example.com", "b@example.com"))
         await drained(dispatcher)
     assert smtp_server.received == []
     assert final_lines(caplog) == {job.id: ["failed"]}
@@ -143,13 +145,13 @@ async def test_every_recipient_refused_permanently_fails_the_job(
 async def test_shutdown_drains_queue_and_retries(smtp_server: SMTPTestServer, caplog: Any) -> None:
     """Jobs queued when shutdown begins are still delivered within the grace period."""
     smtp_server.hold()
-    dispatcher = Dispatcher(smtp_factory(smtp_server.port), workers=1, grace=60)
+    dispatcher = new_delivery(smtp_factory(smtp_server.port), workers=1, grace=60)
     async with trio.open_nursery() as nursery:
         await nursery.start(dispatcher.run)
-        jobs = [dispatcher.submit(message()) for _ in range(3)]
+        jobs = [await dispatcher.submit(message()) for _ in range(3)]
         await wait_until(lambda: smtp_server.holding)
         nursery.start_soon(dispatcher.shutdown)
-        await wait_until(lambda: not dispatcher.accepting)
+        await wait_until(lambda: not dispatcher.intake.accepting)
         smtp_server.release()
     assert final_lines(caplog) == {job.id: ["sent"] for job in jobs}
     assert len(smtp_server.received) == 3
@@ -160,10 +162,10 @@ async def test_grace_expiry_logs_every_unfinished_job_not_delivered(
 ) -> None:
     """At the end of the grace, the in-flight send is cut and no job is left without a line."""
     smtp_server.hold("RCPT")  # the provider stalls before the message is transferred
-    dispatcher = Dispatcher(smtp_factory(smtp_server.port), workers=1, grace=5)
+    dispatcher = new_delivery(smtp_factory(smtp_server.port), workers=1, grace=5)
     async with trio.open_nursery() as nursery:
         await nursery.start(dispatcher.run)
-        jobs = [dispatcher.submit(message()) for _ in range(3)]
+        jobs = [await dispatcher.submit(message()) for _ in range(3)]
         await wait_until(lambda: smtp_server.holding)
         await dispatcher.shutdown()
     smtp_server.release()
@@ -179,7 +181,7 @@ async def test_idle_shutdown_does_not_wait_for_the_grace(
     smtp_server: SMTPTestServer, autojump_clock: trio.testing.MockClock
 ) -> None:
     """With nothing outstanding, shutdown ends without spending any of the grace period."""
-    dispatcher = Dispatcher(smtp_factory(smtp_server.port), grace=30)
+    dispatcher = new_delivery(smtp_factory(smtp_server.port), grace=30)
     async with trio.open_nursery() as nursery:
         await nursery.start(dispatcher.run)
         before = trio.current_time()
@@ -189,33 +191,31 @@ async def test_idle_shutdown_does_not_wait_for_the_grace(
 
 async def test_cancelled_dispatcher_logs_what_it_leaves(closed_port: int, caplog: Any) -> None:
     """Cancelling run() from outside still gives every job its final line."""
-    dispatcher = Dispatcher(smtp_factory(closed_port), retry=LONGEST)
+    dispatcher = new_delivery(smtp_factory(closed_port), retry=LONGEST)
     async with trio.open_nursery() as nursery:
         await nursery.start(dispatcher.run)
-        job = dispatcher.submit(message())
-        await wait_until(lambda: dispatcher.retrying == 1)
+        job = await dispatcher.submit(message())
+        await wait_until(lambda: dispatcher.counts(retrying=1))
         nursery.cancel_scope.cancel()
     assert final_lines(caplog) == {job.id: ["not delivered"]}
 
 
 async def test_submit_refuses_when_full_or_closing(closed_port: int) -> None:
-    """A full queue raises QueueFull, a closing dispatcher ShuttingDown; neither queues a job."""
+    """A full queue raises QueueFull, a stopping intake ShuttingDown; neither stores a job."""
     from trimail.errors import QueueFull, ShuttingDown
 
-    dispatcher = Dispatcher(smtp_factory(closed_port), workers=1, queue_size=1)
+    dispatcher = new_delivery(smtp_factory(closed_port), workers=1, queue_size=2, retry=LONGEST)
     with pytest.raises(ShuttingDown):
-        dispatcher.submit(message())  # not started yet
+        await dispatcher.submit(message())  # not started yet
     async with trio.open_nursery() as nursery:
         await nursery.start(dispatcher.run)
-        dispatcher._threads.total_tokens = 1
-        async with dispatcher._threads:  # hold the only thread: the worker cannot send
-            dispatcher.submit(message())
-            await wait_until(lambda: dispatcher.depth == 0)  # the worker took it and waits
-            dispatcher.submit(message())
-            with pytest.raises(QueueFull) as info:
-                dispatcher.submit(message())
-            assert info.value.retry_after >= 1
-            assert dispatcher.outstanding == 2
-            dispatcher.stop_now()
+        await dispatcher.submit(message())
+        await dispatcher.submit(message())
+        with pytest.raises(QueueFull) as info:  # retrying jobs count too: the queue is full
+            await dispatcher.submit(message())
+        assert info.value.retry_after >= 1
+        assert dispatcher.outstanding == 2
+        dispatcher.intake.accepting = False
         with pytest.raises(ShuttingDown):
-            dispatcher.submit(message())
+            await dispatcher.submit(message())
+        dispatcher.dispatcher.stop_now()

@@ -222,7 +222,7 @@ def test_plain_hypercorn_hosts_the_same_app_and_drains(
     job_id = httpx.post(f"{url}/email/send", json=MAIL, timeout=10).json()["id"]
     wait_for(lambda: smtp_server.holding)
     service.signal(signal.SIGTERM)
-    wait_for(lambda: "shutting down: 1 job(s) outstanding" in service.log())
+    wait_for(lambda: "shutting down: 1 job(s) open here" in service.log())
     smtp_server.release()
     assert service.wait() == 0
     assert final_outcomes(service.log()) == {job_id: ["sent"]}

@@ -31,13 +31,11 @@ import trio
 from aiosmtpd.smtp import SMTP
 
 from trimail.config import SMTPSecurity
-from trimail.delivery.dispatcher import Dispatcher
 from trimail.delivery.retry import RetryPolicy
 from trimail.delivery.transport import SMTPTransport, make_tls_context
-from trimail.jobs import Job
 from trimail.models import SendRequest
 
-from .conftest import drained, final_lines, running_dispatcher, wait_until
+from .conftest import Delivery, Submitted, drained, final_lines, running_dispatcher, wait_until
 from .smtpserver import Received, ScriptedHandler, SMTPTestServer, _AnyPort
 
 HOST = "127.0.0.1"
@@ -249,7 +247,7 @@ def plain_tls_context() -> ssl.SSLContext:
 
 
 @asynccontextmanager
-async def running(port: int, *, timeout: float = 5.0, **kwargs: Any) -> AsyncIterator[Dispatcher]:
+async def running(port: int, *, timeout: float = 5.0, **kwargs: Any) -> AsyncIterator[Delivery]:
     """A started dispatcher delivering to ``port``; on error it stops at once, else drains."""
     kwargs.setdefault("retry", LONGEST)
     unused = plain_tls_context()
@@ -263,12 +261,12 @@ async def running(port: int, *, timeout: float = 5.0, **kwargs: Any) -> AsyncIte
         yield dispatcher
 
 
-async def all_waiting_for_retry(dispatcher: Dispatcher, count: int) -> None:
+async def all_waiting_for_retry(dispatcher: Delivery, count: int) -> None:
     """Wait until ``count`` jobs are outstanding and every one sleeps in its backoff."""
     await wait_until(lambda: dispatcher.outstanding == dispatcher.retrying == count)
 
 
-async def settle(dispatcher: Dispatcher, clock: trio.testing.MockClock) -> None:
+async def settle(dispatcher: Delivery, clock: trio.testing.MockClock) -> None:
     """Run the frozen clock past the backoffs until every job is final (10 s real at most).
 
     The clock only jumps while every job left sleeps in its backoff, so that no
@@ -293,7 +291,7 @@ def assert_ledger(caplog: pytest.LogCaptureFixture, outcomes: dict[str, str]) ->
     assert final_lines(caplog) == {job_id: [outcome] for job_id, outcome in outcomes.items()}
 
 
-def attempt_records(caplog: pytest.LogCaptureFixture, job: Job) -> list[Any]:
+def attempt_records(caplog: pytest.LogCaptureFixture, job: Submitted) -> list[Any]:
     return [
         r
         for r in caplog.records
@@ -301,7 +299,7 @@ def attempt_records(caplog: pytest.LogCaptureFixture, job: Job) -> list[Any]:
     ]
 
 
-def final_message(caplog: pytest.LogCaptureFixture, job: Job) -> str:
+def final_message(caplog: pytest.LogCaptureFixture, job: Submitted) -> str:
     [final] = [
         r
         for r in caplog.records
@@ -321,14 +319,14 @@ async def test_provider_down_at_start_then_up(
 ) -> None:
     """Jobs whose connections were refused wait in backoff and are delivered once it is up."""
     async with running(closed_port, workers=2) as dispatcher:
-        jobs = [dispatcher.submit(message()) for _ in range(3)]
+        jobs = [await dispatcher.submit(message()) for _ in range(3)]
         await all_waiting_for_retry(dispatcher, 3)
         provider = providers(closed_port)
         await settle(dispatcher, mock_clock)
 
     assert_ledger(caplog, {job.id: "sent" for job in jobs})
     assert deliveries(provider) == {job.id: 1 for job in jobs}
-    assert [job.attempts for job in jobs] == [2, 2, 2]
+    assert [(await dispatcher.attempts(job.id)) for job in jobs] == [2, 2, 2]
     for job in jobs:
         first, _ = attempt_records(caplog, job)
         assert "connection refused by 127.0.0.1:" in first.getMessage()
@@ -343,7 +341,7 @@ async def test_silent_provider_times_out_then_a_real_one_takes_over(
     """A provider that accepts TCP and never greets frees the worker after the SMTP timeout."""
     port = int(silent_listener.getsockname()[1])
     async with running(port, timeout=SILENT_TIMEOUT, workers=1) as dispatcher:
-        jobs = [dispatcher.submit(message()) for _ in range(2)]
+        jobs = [await dispatcher.submit(message()) for _ in range(2)]
         # One worker: the second job's first attempt shows the first one let go of it.
         await all_waiting_for_retry(dispatcher, 2)
         silent_listener.close()
@@ -368,11 +366,11 @@ async def test_silent_provider_fails_the_job_after_max_attempts(
     port = int(silent_listener.getsockname()[1])
     retry = RetryPolicy(base_delay=10, max_delay=1000, max_attempts=2)
     async with running(port, timeout=SILENT_TIMEOUT, workers=1, retry=retry) as dispatcher:
-        job = dispatcher.submit(message())
+        job = await dispatcher.submit(message())
         await drained(dispatcher)
 
     assert_ledger(caplog, {job.id: "failed"})
-    assert job.attempts == 2
+    assert (await dispatcher.attempts(job.id)) == 2
     assert [r.result for r in attempt_records(caplog, job)] == ["transient failure"] * 2
     # What retry.describe() gives a timeout; smtplib wraps the TimeoutError of a read.
     assert "timed out waiting for 127.0.0.1:" in final_message(caplog, job)
@@ -386,11 +384,11 @@ async def test_421_at_greeting_is_retried(
 ) -> None:
     """A provider that greets with 421 and hangs up is tried again; the job is delivered later."""
     async with running(refuser.port, workers=1) as dispatcher:
-        job = dispatcher.submit(message())
+        job = await dispatcher.submit(message())
         await all_waiting_for_retry(dispatcher, 1)
         mock_clock.jump(LONGEST.backoff(1))
         await wait_until(
-            lambda: len(attempt_records(caplog, job)) == 2 and dispatcher.retrying == 1
+            lambda: len(attempt_records(caplog, job)) == 2 and dispatcher.counts(retrying=1)
         )
         refuser.stop()
         provider = providers(refuser.port)
@@ -423,7 +421,7 @@ async def test_4xx_is_retried_and_delivered_once(
     """A temporary refusal at MAIL, RCPT or DATA costs one attempt; the retry delivers once."""
     smtp_server.fail(stage, reply)
     async with running(smtp_server.port) as dispatcher:
-        job = dispatcher.submit(message())
+        job = await dispatcher.submit(message())
         await drained(dispatcher)
 
     assert_ledger(caplog, {job.id: "sent"})
@@ -439,11 +437,11 @@ async def test_5xx_at_rcpt_for_some_recipients(
     """Recipients refused with 5xx are not retried; the others get the mail once, in one attempt."""
     smtp_server.fail("RCPT", "550 5.1.1 no such user", times=5, match="gone@")
     async with running(smtp_server.port) as dispatcher:
-        job = dispatcher.submit(message("a@example.com", "gone@example.com", "b@example.com"))
+        job = await dispatcher.submit(message("a@example.com", "gone@example.com", "b@example.com"))
         await drained(dispatcher)
 
     assert_ledger(caplog, {job.id: "sent"})
-    assert job.attempts == 1
+    assert (await dispatcher.attempts(job.id)) == 1
     assert deliveries(smtp_server) == {job.id: 1}
     assert [r.rcpt_tos for r in smtp_server.received] == [["a@example.com", "b@example.com"]]
     assert "gone@example.com: 550 5.1.1 no such user" in final_message(caplog, job)
@@ -457,11 +455,11 @@ async def test_5xx_at_data_fails_after_one_attempt(
     """A 5xx to the message is permanent: one attempt, failed, nothing delivered."""
     smtp_server.fail("DATA", "554 5.6.0 message content rejected")
     async with running(smtp_server.port) as dispatcher:
-        job = dispatcher.submit(message())
+        job = await dispatcher.submit(message())
         await drained(dispatcher)
 
     assert_ledger(caplog, {job.id: "failed"})
-    assert job.attempts == 1
+    assert (await dispatcher.attempts(job.id)) == 1
     assert smtp_server.received == []
     assert "554 5.6.0 message content rejected" in final_message(caplog, job)
 
@@ -478,11 +476,11 @@ async def test_connection_dropped_before_data_is_retried(
     provider = providers(0)
     provider.handler.drop("DATA")
     async with running(provider.port) as dispatcher:
-        job = dispatcher.submit(message())
+        job = await dispatcher.submit(message())
         await drained(dispatcher)
 
     assert_ledger(caplog, {job.id: "sent"})
-    assert job.attempts == 2
+    assert (await dispatcher.attempts(job.id)) == 2
     assert deliveries(provider) == {job.id: 1}
     first, _ = attempt_records(caplog, job)
     assert "closed the connection" in first.getMessage()
@@ -503,11 +501,11 @@ async def test_reply_to_the_message_lost_is_retried_and_may_duplicate(
     provider = providers(0)
     provider.handler.drop("after DATA")
     async with running(provider.port) as dispatcher:
-        job = dispatcher.submit(message())
+        job = await dispatcher.submit(message())
         await drained(dispatcher)
 
     assert_ledger(caplog, {job.id: "sent"})
-    assert job.attempts == 2
+    assert (await dispatcher.attempts(job.id)) == 2
     assert deliveries(provider) == {job.id: 2}
     assert [r.result for r in attempt_records(caplog, job)] == ["transient failure", "delivered"]
 
@@ -520,13 +518,13 @@ async def test_provider_restarted_under_load(
     """A provider restarted in the middle of 30 jobs: each job is sent exactly once, none lost."""
     provider = providers(0)
     async with running(provider.port, workers=4) as dispatcher:
-        early = [dispatcher.submit(message()) for _ in range(10)]
+        early = [await dispatcher.submit(message()) for _ in range(10)]
         await drained(dispatcher)
         # The provider now holds each message it gets in full, before accepting it,
         # and is killed with four held; the sixteen queued jobs then meet a closed port.
         provider.hold("DATA")
-        late = [dispatcher.submit(message()) for _ in range(20)]
-        await wait_until(lambda: provider.handler.held_now == 4 and dispatcher.depth == 16)
+        late = [await dispatcher.submit(message()) for _ in range(20)]
+        await wait_until(lambda: provider.handler.held_now == 4 and dispatcher.counts(queued=16))
         provider.crash()
         await all_waiting_for_retry(dispatcher, 20)
         provider.restart()  # a new server on the same port
@@ -535,5 +533,5 @@ async def test_provider_restarted_under_load(
     jobs = early + late
     assert_ledger(caplog, {job.id: "sent" for job in jobs})
     assert deliveries(provider) == {job.id: 1 for job in jobs}
-    assert [job.attempts for job in early] == [1] * 10
-    assert [job.attempts for job in late] == [2] * 20
+    assert [(await dispatcher.attempts(job.id)) for job in early] == [1] * 10
+    assert [(await dispatcher.attempts(job.id)) for job in late] == [2] * 20

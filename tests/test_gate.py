@@ -18,7 +18,7 @@ import pytest
 
 from trimail.http.app import TrimailApp, create_app
 
-from .conftest import settings_for
+from .conftest import open_jobs, settings_for
 from .rawhttp import address, closes, read_response, request_head
 from .serving import MAIL, Service, final_outcomes, start, start_command, wait_for
 from .smtpserver import SMTPTestServer
@@ -51,7 +51,7 @@ async def test_without_keys_a_request_through_a_proxy_is_refused(
     assert response.status_code == 401
     body = await response.get_json()
     assert "keys are required behind a proxy" in body["error"]["message"]
-    assert running_app.dispatcher.outstanding == 0
+    assert open_jobs(running_app) == 0
 
 
 async def test_metrics_need_a_key_when_keys_are_set(keyed_app: TrimailApp) -> None:
@@ -71,7 +71,7 @@ async def test_the_metrics_key_cannot_send(keyed_app: TrimailApp) -> None:
         "/email/send", json=MAIL, headers=bearer("scrape-key")
     )
     assert response.status_code == 401
-    assert keyed_app.dispatcher.outstanding == 0
+    assert open_jobs(keyed_app) == 0
 
 
 async def test_a_wrong_method_lists_the_allowed_ones(running_app: TrimailApp) -> None:

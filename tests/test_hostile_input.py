@@ -34,7 +34,7 @@ from trimail.delivery.message import Envelope
 from trimail.http.app import TrimailApp, create_app
 from trimail.testing import MemoryTransport
 
-from .conftest import settings_for, wait_until
+from .conftest import open_jobs, settings_for, wait_until
 
 #: Real seconds any one request may take, generously.
 REQUEST_BOUND = 10.0
@@ -90,7 +90,7 @@ class Harness:
         Earlier jobs are let finish first, so that the count of outstanding jobs moves
         only with this request (:meth:`delivered` counts what was sent as well).
         """
-        await wait_until(lambda: self.app.dispatcher.outstanding == 0)
+        await wait_until(lambda: open_jobs(self.app) == 0)
         started = time.monotonic()
         with trio.fail_after(REQUEST_BOUND):
             response = await self.app.test_client().post(
@@ -117,7 +117,7 @@ class Harness:
             assert error["message"]
             for detail in error.get("details", []):
                 assert set(detail) == {"field", "rule", "message"}
-            assert self.app.dispatcher.outstanding == 0, "a refused request queued a job"
+            assert open_jobs(self.app) == 0, "a refused request queued a job"
         return status, answer
 
     async def post_json(self, body: Any) -> tuple[int, Any]:
@@ -130,7 +130,7 @@ class Harness:
 
     async def delivered(self) -> dict[str, EmailMessage]:
         """Wait for every accepted job; each one was sent once, nothing else was."""
-        await wait_until(lambda: self.app.dispatcher.outstanding == 0)
+        await wait_until(lambda: open_jobs(self.app) == 0)
         assert len(self.sent) == len(self.accepted), "a refused request was sent, or a job lost"
         by_id = {}
         for envelope in self.sent:

@@ -36,14 +36,12 @@ import pytest
 import trio
 
 from trimail.config import SMTPSecurity
-from trimail.delivery.dispatcher import Dispatcher
 from trimail.delivery.message import build_envelope
 from trimail.delivery.retry import RetryPolicy
 from trimail.delivery.transport import SMTPTransport, local_hostname
-from trimail.jobs import Job
 from trimail.models import SendRequest
 
-from .conftest import drained, final_lines, running_dispatcher, wait_until
+from .conftest import Delivery, Submitted, drained, final_lines, running_dispatcher, wait_until
 
 SMTP_SINK = Path("/usr/sbin/smtp-sink")
 HOST = "127.0.0.1"
@@ -233,7 +231,7 @@ def request(*to: str, **changes: Any) -> SendRequest:
 @asynccontextmanager
 async def running(
     sink: SMTPSink, *, timeout: float = 5.0, username: str | None = None, **kwargs: Any
-) -> AsyncIterator[Dispatcher]:
+) -> AsyncIterator[Delivery]:
     """A started dispatcher delivering to ``sink``'s port, shut down on exit."""
     kwargs.setdefault("retry", THREE_TRIES)
     kwargs.setdefault("workers", 1)
@@ -253,7 +251,7 @@ async def running(
         yield dispatcher
 
 
-def attempts(caplog: pytest.LogCaptureFixture, job: Job) -> list[Any]:
+def attempts(caplog: pytest.LogCaptureFixture, job: Submitted) -> list[Any]:
     return [
         r
         for r in caplog.records
@@ -261,7 +259,7 @@ def attempts(caplog: pytest.LogCaptureFixture, job: Job) -> list[Any]:
     ]
 
 
-def final_message(caplog: pytest.LogCaptureFixture, job: Job) -> str:
+def final_message(caplog: pytest.LogCaptureFixture, job: Submitted) -> str:
     return next(
         r.getMessage()
         for r in caplog.records
@@ -320,11 +318,11 @@ async def test_jobs_share_one_connection(
     """Five jobs through one worker are five transactions in one session, ended by QUIT."""
     sink = smtp_sink()
     async with running(sink) as dispatcher:
-        jobs = [dispatcher.submit(request(f"r{n}@example.com")) for n in range(5)]
+        jobs = [await dispatcher.submit(request(f"r{n}@example.com")) for n in range(5)]
         await drained(dispatcher)
 
     assert final_lines(caplog) == {job.id: ["sent"] for job in jobs}
-    assert [job.attempts for job in jobs] == [1] * 5
+    assert [(await dispatcher.attempts(job.id)) for job in jobs] == [1] * 5
     await counters_reach(sink, sess=1, quit=1, mesg=5)
     dumps = sink.dumps()
     assert sorted(message_job_id(d) for d in dumps) == sorted(job.id for job in jobs)
@@ -337,14 +335,14 @@ async def test_idle_connection_dropped_by_the_sink_is_reopened(
     """A connection smtp-sink closed after 1 s idle (-t 1) is reopened without a failed attempt."""
     sink = smtp_sink("-t", "1")
     async with running(sink) as dispatcher:
-        first = dispatcher.submit(request())
+        first = await dispatcher.submit(request())
         await drained(dispatcher)
         await counters_reach(sink, sess=1, quit=0, mesg=1)  # the sink hung up on it
-        second = dispatcher.submit(request())
+        second = await dispatcher.submit(request())
         await drained(dispatcher)
 
     assert final_lines(caplog) == {first.id: ["sent"], second.id: ["sent"]}
-    assert (first.attempts, second.attempts) == (1, 1)
+    assert ((await dispatcher.attempts(first.id)), (await dispatcher.attempts(second.id))) == (1, 1)
     await counters_reach(sink, sess=2, quit=1, mesg=2)
 
 
@@ -354,7 +352,7 @@ async def test_refused_ehlo_falls_back_to_helo(
     """A server that answers EHLO with a 5xx gets HELO, then the mail, in plain SMTP."""
     sink = smtp_sink("-f", "EHLO")
     async with running(sink) as dispatcher:
-        job = dispatcher.submit(request())
+        job = await dispatcher.submit(request())
         await drained(dispatcher)
 
     assert final_lines(caplog) == {job.id: ["sent"]}
@@ -372,12 +370,12 @@ async def test_data_delay_shorter_than_the_timeout_is_waited_out(
     sink = smtp_sink("-w", "1")
     started = time.monotonic()
     async with running(sink, timeout=5) as dispatcher:
-        job = dispatcher.submit(request())
+        job = await dispatcher.submit(request())
         await drained(dispatcher)
 
     assert time.monotonic() - started >= 1.0
     assert final_lines(caplog) == {job.id: ["sent"]}
-    assert job.attempts == 1
+    assert (await dispatcher.attempts(job.id)) == 1
     assert [message_job_id(d) for d in sink.dumps()] == [job.id]
 
 
@@ -403,8 +401,8 @@ async def test_stall_longer_than_the_timeout_is_retried(
     """A stall past the SMTP timeout is a transient failure; the retry reaches a healthy sink."""
     stalling = smtp_sink(*flags)
     async with running(stalling, timeout=0.3) as dispatcher:
-        job = dispatcher.submit(request(text=text))
-        await wait_until(lambda: dispatcher.retrying == 1)
+        job = await dispatcher.submit(request(text=text))
+        await wait_until(lambda: dispatcher.counts(retrying=1))
         stalling.stop()
         healthy = smtp_sink(port=stalling.port)
         mock_clock.jump(THREE_TRIES.backoff(1))
@@ -434,7 +432,7 @@ async def test_soft_reject_is_retried_until_the_last_attempt(
     sink = smtp_sink("-r", stage, "-b", "451 4.7.1 smtp-sink says later")
     async with running(sink) as dispatcher:
         start = trio.current_time()
-        job = dispatcher.submit(request())
+        job = await dispatcher.submit(request())
         await drained(dispatcher)
         assert trio.current_time() - start == pytest.approx(30, abs=0.5)
 
@@ -458,11 +456,11 @@ async def test_hard_reject_fails_after_one_attempt(
     """A 5xx at any stage fails the job at once, with the server's reply in its final line."""
     sink = smtp_sink("-f", stage, "-B", "554 5.7.1 smtp-sink says no")
     async with running(sink) as dispatcher:
-        job = dispatcher.submit(request())
+        job = await dispatcher.submit(request())
         await drained(dispatcher)
 
     assert final_lines(caplog) == {job.id: ["failed"]}
-    assert job.attempts == 1
+    assert (await dispatcher.attempts(job.id)) == 1
     assert [r.smtp_code for r in attempts(caplog, job)] == [554]
     assert "554 5.7.1 smtp-sink says no" in final_message(caplog, job)
     # Dropped after the failure, except when every recipient was refused (then RSET).
@@ -481,7 +479,7 @@ async def test_hang_up_is_retried_until_the_last_attempt(
     """A hang-up without a reply (-q) at any stage is transient: three attempts, then failed."""
     sink = smtp_sink("-q", stage)
     async with running(sink) as dispatcher:
-        job = dispatcher.submit(request())
+        job = await dispatcher.submit(request())
         await drained(dispatcher)
 
     assert final_lines(caplog) == {job.id: ["failed"]}
@@ -502,7 +500,7 @@ async def test_refused_rset_does_not_poison_the_connection(
     """When RSET after refused recipients gets a 4xx, retries still see only the 4xx."""
     sink = smtp_sink("-r", "RCPT,RSET", "-b", "451 4.7.1 smtp-sink says later")
     async with running(sink) as dispatcher:
-        job = dispatcher.submit(request())
+        job = await dispatcher.submit(request())
         await drained(dispatcher)
 
     assert final_lines(caplog) == {job.id: ["failed"]}
@@ -518,11 +516,11 @@ async def test_hang_up_at_rset_keeps_the_refusals(
     """Every recipient refused with a 5xx fails the job at once, even if RSET then hangs up."""
     sink = smtp_sink("-f", "RCPT", "-B", "550 5.1.1 no such user", "-q", "RSET")
     async with running(sink) as dispatcher:
-        job = dispatcher.submit(request())
+        job = await dispatcher.submit(request())
         await drained(dispatcher)
 
     assert final_lines(caplog) == {job.id: ["failed"]}
-    assert job.attempts == 1
+    assert (await dispatcher.attempts(job.id)) == 1
     assert "550 5.1.1 no such user" in final_message(caplog, job)
 
 
@@ -537,11 +535,11 @@ async def test_non_ascii_local_part_fails_without_smtputf8(
     """smtp-sink offers no SMTPUTF8: a non-ASCII mailbox fails at once, before MAIL FROM."""
     sink = smtp_sink()
     async with running(sink) as dispatcher:
-        job = dispatcher.submit(request("pelé@example.com"))
+        job = await dispatcher.submit(request("pelé@example.com"))
         await drained(dispatcher)
 
     assert final_lines(caplog) == {job.id: ["failed"]}
-    assert job.attempts == 1
+    assert (await dispatcher.attempts(job.id)) == 1
     assert "SMTPUTF8" in final_message(caplog, job)
     await counters_reach(sink, sess=1, quit=0, mesg=0)
     assert sink.dumps() == []
@@ -555,10 +553,10 @@ async def test_auth_answered_with_250_fails_once(
     """smtp-sink answers AUTH with 250, not 235: the job fails once, quoting that reply."""
     sink = smtp_sink()
     async with running(sink, username="trimail") as dispatcher:
-        job = dispatcher.submit(request())
+        job = await dispatcher.submit(request())
         await drained(dispatcher)
 
     assert final_lines(caplog) == {job.id: ["failed"]}
-    assert job.attempts == 1
+    assert (await dispatcher.attempts(job.id)) == 1
     assert "SMTP authentication failed (250 2.0.0 Ok)" in final_message(caplog, job)
     await counters_reach(sink, sess=1, quit=0, mesg=0)

@@ -11,7 +11,7 @@ from openapi_spec_validator import validate
 from trimail.errors import error_codes
 from trimail.http.app import TrimailApp
 
-from .conftest import wait_until
+from .conftest import open_jobs, wait_until
 
 MAIL = {"from": "svc@example.com", "to": "user@example.com", "subject": "Hi", "text": "Hello"}
 
@@ -76,7 +76,7 @@ async def test_answers_match_their_documented_schemas(running_app: TrimailApp) -
     batch = await client.post("/email/batch", json=[MAIL, MAIL])
     check(document, "/email/batch", "post", 202, await batch.get_json())
     job_id = (await accepted.get_json())["id"]
-    await wait_until(lambda: running_app.dispatcher.outstanding == 0)
+    await wait_until(lambda: open_jobs(running_app) == 0)
     status = await client.get(f"/email/{job_id}")
     check(document, "/email/{job_id}", "get", 200, await status.get_json())
     missing = await client.get(f"/email/{'0' * 32}")

@@ -11,8 +11,8 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,15 +23,14 @@ import trustme
 from aiosmtpd.smtp import AuthResult
 
 from trimail.config import SMTPSecurity
-from trimail.delivery.dispatcher import Dispatcher
 from trimail.delivery.message import Envelope, build_envelope
 from trimail.delivery.retry import RetryPolicy
 from trimail.delivery.transport import SMTPTransport, make_tls_context
 from trimail.errors import PermanentDeliveryError, TransientDeliveryError
-from trimail.jobs import Job
 from trimail.models import SendRequest
+from trimail.store import JobStatus
 
-from .conftest import final_lines, wait_until
+from .conftest import Delivery, final_lines, running_dispatcher, wait_until
 from .smtpserver import ScriptedHandler, SMTPTestServer, _AnyPort
 
 HOST = "127.0.0.1"
@@ -169,27 +168,17 @@ def transport(server: SMTPTestServer, security: SMTPSecurity, **kwargs: Any) -> 
     return SMTPTransport(HOST, server.port, security=security, timeout=5, **kwargs)
 
 
-@asynccontextmanager
-async def running(factory: Callable[[], SMTPTransport]) -> AsyncIterator[Dispatcher]:
+def running(factory: Callable[[], SMTPTransport]) -> AbstractAsyncContextManager[Delivery]:
     """A started dispatcher with long backoffs (so a retry would show), shut down on exit."""
-    dispatcher = Dispatcher(factory, workers=1, retry=LONGEST)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(dispatcher.run)
-        try:
-            yield dispatcher
-        except BaseException:
-            dispatcher.stop_now()
-            raise
-        finally:
-            await dispatcher.shutdown()
+    return running_dispatcher(factory, workers=1, retry=LONGEST)
 
 
-async def deliver_one(factory: Callable[[], SMTPTransport]) -> Job:
-    """Submit one job through a dispatcher and return it once it has its final line."""
+async def deliver_one(factory: Callable[[], SMTPTransport]) -> JobStatus:
+    """Submit one job through a dispatcher; its status once it has its final line."""
     async with running(factory) as dispatcher:
-        job = dispatcher.submit(request())
+        job = await dispatcher.submit(request())
         await wait_until(lambda: dispatcher.outstanding == 0)
-    return job
+        return await dispatcher.status(job.id)
 
 
 def final_message(caplog: pytest.LogCaptureFixture) -> str:

@@ -27,7 +27,6 @@ import trio
 
 from .config import Settings, is_loopback, load_settings
 from .errors import ConfigurationError, ConnectionFailed, HTTPError, Unavailable
-from .http.server import serve
 from .logs import configure_logging, flush_logging
 
 if sys.version_info < (3, 11):
@@ -144,6 +143,8 @@ def serve_command(args: argparse.Namespace) -> int:
         print(f"trimail: error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_format, settings.log_level)
+    from .http.server import serve  # the server stack, only when serving
+
     try:
         if dev_sink is None:
             return trio.run(serve, settings)
@@ -152,6 +153,9 @@ def serve_command(args: argparse.Namespace) -> int:
                 update={"smtp_host": dev_sink.host, "smtp_port": dev_sink.port}
             )
             return trio.run(serve, settings)
+    except ConfigurationError as exc:  # the store could not be opened
+        log.error("%s", exc)
+        return 2
     except BaseExceptionGroup as group:  # Hypercorn binds inside its nurseries
         bind_error, rest = group.split(
             lambda exc: isinstance(exc, OSError) and exc.errno in BIND_ERRNOS

@@ -8,15 +8,24 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .errors import ConfigurationError
+from .store import redact, store_kind
 
 ENV_PREFIX = "TRIMAIL_"
 
@@ -25,6 +34,12 @@ CLIENT_ENV_VARS = frozenset({"TRIMAIL_URL", "TRIMAIL_API_KEY"})
 
 MiB = 1024 * 1024
 UNIX_PREFIX = "unix:"
+#: Default admission limits by store: memory holds what fits in RAM; a durable store
+#: absorbs a long provider outage (a day at 10 mails/s is under a million).
+MEMORY_QUEUE_SIZE = 10_000
+MEMORY_QUEUE_BYTES = 256 * MiB
+DURABLE_QUEUE_SIZE = 1_000_000
+DURABLE_QUEUE_BYTES = 4 * 1024 * MiB
 
 
 class SMTPSecurity(str, Enum):
@@ -34,6 +49,32 @@ class SMTPSecurity(str, Enum):
     STARTTLS = "starttls"  # STARTTLS or fail
     TLS = "tls"  # implicit TLS from the first byte (usually port 465)
     NONE = "none"  # plain text, never upgraded
+
+
+class Role(str, Enum):
+    """What one trimail process does."""
+
+    ALL = "all"  # accept and deliver
+    API = "api"  # accept and answer status; deliver nothing
+    DELIVERY = "delivery"  # deliver; serve only /healthz, /readyz and /metrics
+
+
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+def parse_seconds(value: Any) -> Any:
+    """``30``, ``"30"``, ``"30s"``, ``"5m"``, ``"24h"``, ``"7d"`` as seconds; others unchanged."""
+    if isinstance(value, str):
+        match = _DURATION.fullmatch(value.lower())
+        if match is None:
+            raise ValueError("must be a number of seconds, or a number with s, m, h or d")
+        return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    return value
+
+
+#: Seconds, written as a number or with a unit suffix (``24h``).
+Seconds = Annotated[float, BeforeValidator(parse_seconds)]
 
 
 class LogFormat(str, Enum):
@@ -83,8 +124,35 @@ class Settings(BaseSettings):
         description="Seconds a request body may take to arrive (else 408), and that a "
         "connection may stay silent mid-request.",
     )
+    store: str = Field(
+        "memory",
+        description="Where jobs live: memory | sqlite:///ABSOLUTE/PATH.db | "
+        "postgresql://user:pass@host:port/db.",
+    )
+    role: Role = Field(
+        Role.ALL,
+        description="all | api (accept and answer status, send nothing) | delivery (send, and "
+        "serve only health and metrics); api and delivery need a durable store.",
+    )
     workers: int = Field(8, ge=1, le=1024, description="Worker tasks, one SMTP connection each.")
-    queue_size: int = Field(10_000, ge=1, description="Jobs the in-memory queue holds (else 503).")
+    queue_size: int | None = Field(
+        None,
+        ge=1,
+        description="Most jobs not yet final (queued, sending, retrying), else 503; default "
+        "10000 with the memory store, 1000000 with a durable one.",
+    )
+    queue_bytes: int | None = Field(
+        None,
+        ge=1024,
+        description="Most bytes of messages not yet final, else 503; default 256 MiB with the "
+        "memory store, 4 GiB with a durable one.",
+    )
+    lease_seconds: float = Field(
+        900.0,
+        gt=0,
+        description="Seconds a claimed job is held for its attempt; if its process dies, any "
+        "instance retries it after this long.",
+    )
     smtp_host: str = Field("localhost", description="SMTP server to deliver through.")
     smtp_port: int | None = Field(
         None,
@@ -105,17 +173,25 @@ class Settings(BaseSettings):
     )
     retry_base_delay: float = Field(1.0, gt=0, description="First retry backoff, in seconds.")
     retry_max_delay: float = Field(300.0, gt=0, description="Longest retry backoff, in seconds.")
-    max_attempts: int = Field(5, ge=1, description="Delivery attempts per job, the first included.")
+    retry_window: Seconds = Field(
+        86_400.0,
+        gt=0,
+        description="Give up when the next attempt would start later than this after "
+        "acceptance (s, m, h or d suffix).",
+    )
+    max_attempts: int | None = Field(
+        None, ge=1, description="Most delivery attempts per job (default: no limit but the window)."
+    )
     shutdown_grace: float = Field(
         30.0, ge=0, description="Seconds to finish queued and retrying jobs on shutdown."
     )
-    idempotency_ttl: float = Field(
+    idempotency_ttl: Seconds = Field(
         86_400.0, gt=0, description="Seconds an Idempotency-Key and its answer are remembered."
     )
     idempotency_max_keys: int = Field(
         100_000, ge=1, description="Most Idempotency-Keys remembered; the oldest go first."
     )
-    status_ttl: float = Field(
+    status_ttl: Seconds = Field(
         86_400.0, gt=0, description="Seconds a finished job's status stays readable."
     )
     status_max_jobs: int = Field(
@@ -139,11 +215,43 @@ class Settings(BaseSettings):
             raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
         return level
 
+    @field_validator("store")
+    @classmethod
+    def _known_store(cls, value: str) -> str:
+        store_kind(value)  # raises ValueError with the accepted forms
+        return value
+
     @model_validator(mode="after")
-    def _delays_ordered(self) -> Settings:
+    def _consistent(self) -> Settings:
         if self.retry_max_delay < self.retry_base_delay:
             raise ValueError("retry_max_delay must be at least retry_base_delay")
+        if self.role is not Role.ALL and not self.durable_store:
+            raise ValueError(
+                f"role {self.role.value} needs a durable store shared with the other role "
+                "(TRIMAIL_STORE=sqlite:///... or postgresql://...)"
+            )
         return self
+
+    @property
+    def durable_store(self) -> bool:
+        return store_kind(self.store) != "memory"
+
+    @property
+    def effective_queue_size(self) -> int:
+        if self.queue_size is not None:
+            return self.queue_size
+        return DURABLE_QUEUE_SIZE if self.durable_store else MEMORY_QUEUE_SIZE
+
+    @property
+    def effective_queue_bytes(self) -> int:
+        if self.queue_bytes is not None:
+            return self.queue_bytes
+        return DURABLE_QUEUE_BYTES if self.durable_store else MEMORY_QUEUE_BYTES
+
+    @property
+    def redacted_store(self) -> str:
+        """The store's URL without its password, for logs."""
+        return redact(self.store)
 
     @property
     def unix_socket(self) -> str | None:

@@ -15,14 +15,14 @@
     │   │   ├── MethodNotAllowed        405 method_not_allowed
     │   │   ├── RequestTimeout          408 request_timeout
     │   │   ├── IdempotencyKeyReused    409 invalid_idempotent_request
-    │   │   ├── IdempotencyKeyInUse     409 concurrent_idempotent_requests
     │   │   ├── PayloadTooLarge         413 payload_too_large
     │   │   ├── UnsupportedMediaType    415 unsupported_media_type
     │   │   └── ValidationFailed        422 validation_error
     │   └── Unavailable             the service cannot take a job now; try again later (503)
     │       ├── QueueFull               503 queue_full
     │       ├── ServerBusy              503 server_busy
-    │       └── ShuttingDown            503 shutting_down
+    │       ├── ShuttingDown            503 shutting_down
+    │       └── StoreUnavailable        503 store_unavailable
     └── DeliveryError             one SMTP attempt failed (raised in worker threads)
         ├── TransientDeliveryError  worth another attempt later
         └── PermanentDeliveryError  another attempt would fail the same way
@@ -125,12 +125,13 @@ class IdempotencyKeyReused(RequestError):
     status = 409
     code = "invalid_idempotent_request"
 
-
-class IdempotencyKeyInUse(RequestError):
-    """A request with this Idempotency-Key is still being handled."""
-
-    status = 409
-    code = "concurrent_idempotent_requests"
+    def __init__(
+        self,
+        message: str = "this Idempotency-Key was already used with a different request; use a "
+        "new key for a new message",
+        details: Any = None,
+    ) -> None:
+        super().__init__(message, details)
 
 
 class PayloadTooLarge(RequestError):
@@ -190,6 +191,21 @@ class ShuttingDown(Unavailable):
 
     def headers(self) -> dict[str, str]:
         return {**super().headers(), "Connection": "close"}
+
+
+class StoreUnavailable(Unavailable):
+    """The job store cannot be reached or used now; nothing was stored.
+
+    ``detail`` says why, for the operator's log; callers get ``message`` only.
+    """
+
+    code = "store_unavailable"
+
+    def __init__(
+        self, message: str, retry_after: int = 1, details: Any = None, detail: str = ""
+    ) -> None:
+        super().__init__(message, retry_after, details)
+        self.detail = detail
 
 
 class DeliveryError(TrimailError):

@@ -1,43 +1,59 @@
-"""The bounded job queue, the worker pool that drains it, retry scheduling and shutdown.
+"""The delivery engine: claims due jobs from the store and sends them with worker tasks.
 
 Lifetimes, all inside the one nursery that :meth:`Dispatcher.run` opens:
 
-- *workers* (``workers`` of them) take jobs from the queue, each through its own
-  :class:`~trimail.delivery.transport.Transport`, and run the blocking send in a thread;
-- *retry timers* (one per job waiting for a retry) sleep through the backoff
-  and put the job back on the queue; a waiting job holds no worker and no thread.
+- the *claimer* takes due jobs from the store, never more than there are idle
+  workers, and hands each to an idle worker through a trio memory channel
+  bounded at zero (so no claimed job ever waits in a buffer); when
+  nothing is due it sleeps until woken (a job accepted here, a notification
+  from another instance) or until the next job falls due, at most
+  ``poll_interval`` seconds (a durable store only: another process may add work);
+- *workers* (``workers`` of them) each own a :class:`~trimail.delivery.transport.
+  Transport`, run one attempt at a time in a thread, and record in the store
+  where the attempt left the job;
+- the *watcher* relays the store's notifications (PostgreSQL LISTEN) to the claimer.
 
-Shutdown (:meth:`Dispatcher.shutdown`): new jobs are refused at once; the
-queue and pending retries get up to ``grace`` seconds to finish. If they do,
-the queue is closed and the workers end after saying QUIT. If not, every
-connection in use is cut and the nursery is cancelled. Either way, every job
-still unfinished is logged ``not delivered`` before :meth:`Dispatcher.run` returns.
+A retry is not a task: it is the job's next-attempt time in the store.
+
+Shutdown (:meth:`shutdown`): with the memory store the dispatcher keeps
+delivering for up to ``grace`` seconds, until no job is open. With a durable
+store it claims nothing more, gives back the jobs it claimed but did not start,
+and waits up to ``grace`` for the attempts in flight. When the grace runs out,
+the connections in use are cut (a send cut so is not recorded: a durable
+store's lease brings it back) and the nursery is cancelled. Either way the
+ledger then closes every job still open here (:func:`trimail.ledger.settle`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable
 
 import trio
 
-from ..errors import DeliveryError, QueueFull, ShuttingDown
-from ..jobs import Job, JobRecord, Outcome, State
-from ..models import SendRequest
-from ..store.expiring import ExpiringStore
+from ..errors import DeliveryError, StoreUnavailable
+from ..ledger import Closing, Ledger, settle
+from ..store import AttemptResult, ClaimedJob, JobState, JobStore
+from . import outcomes
 from .message import build_envelope
-from .retry import RetryPolicy, Verdict, classify, classify_code
+from .retry import RetryPolicy
 from .transport import SendResult, Transport
 
 log = logging.getLogger(__name__)
 
-#: Seconds a caller is told to wait after ``queue_full``: long enough for the
-#: workers to finish a round of sends at typical provider latency (a guess).
-QUEUE_FULL_RETRY_AFTER = 1
 #: Seconds a worker may spend saying QUIT at shutdown before its thread is abandoned.
 QUIT_TIMEOUT = 1.0
+#: Seconds between attempts to reach a store that is unavailable.
+STORE_RETRY_DELAY = 1.0
+#: Seconds the claimer waits at least when the store says a job is due but none was
+#: claimable (another instance holds it): keeps a race from becoming a busy loop.
+MIN_POLL = 0.01
+#: Seconds the closing bookkeeping at shutdown may take (a few store calls).
+SETTLE_TIMEOUT = 10.0
 
 
 class Observer:
@@ -46,135 +62,80 @@ class Observer:
     Called on the event loop, synchronously: implementations must not block.
     """
 
-    def attempted(self, result: str, smtp_code: int | None, duration: float) -> None:
-        """An attempt ended: ``result`` is delivered, transient, permanent or partial."""
+    def attempted(self, kind: str, smtp_code: int | None, duration: float) -> None:
+        """An attempt ended: ``kind`` is delivered, transient, permanent or partial."""
 
     def retry_scheduled(self) -> None:
-        """A job will be tried again after a backoff."""
+        """A job will be tried again at its next-attempt time."""
 
-    def finished(self, outcome: Outcome) -> None:
-        """A job got its final outcome."""
+    def finished(self, closing: Closing) -> None:
+        """A job got its closing line."""
 
 
 class Dispatcher:
-    """Accepts jobs without waiting and delivers them in the background.
+    """Delivers the store's due jobs in the background; see the module docstring.
 
-    ``transport_factory`` is called once per worker; each worker keeps its
-    transport (and so its connection) for its whole life.
+    ``clock`` gives Unix seconds (tests pass one driven by trio's clock).
     """
 
     def __init__(
         self,
+        store: JobStore,
         transport_factory: Callable[[], Transport],
         *,
+        ledger: Ledger | None = None,
         workers: int = 8,
-        queue_size: int = 10_000,
         retry: RetryPolicy | None = None,
+        lease_seconds: float = 900.0,
         grace: float = 30.0,
         observer: Observer | None = None,
-        history: ExpiringStore[str, JobRecord] | None = None,
+        clock: Callable[[], float] = time.time,
+        poll_interval: float = 1.0,
     ) -> None:
+        self.store = store
+        self.ledger = ledger or Ledger()
         self.workers = workers
-        self.capacity = queue_size
         self.retry = retry or RetryPolicy()
+        self.lease_seconds = lease_seconds
         self.grace = grace
         self.observer = observer or Observer()
-        #: Finished jobs, for status lookups (the default keeps none).
-        self.history = history if history is not None else ExpiringStore(0, 0)
+        self.clock = clock
+        self.poll_interval = poll_interval
         self._transport_factory = transport_factory
-        self._send, self._receive = trio.open_memory_channel[Job](queue_size)
+        self._send, self._receive = trio.open_memory_channel[ClaimedJob](0)
         # Our own limiter: trio's default one (40 threads) would silently cap the workers.
         self._threads = trio.CapacityLimiter(workers)
-        self._outstanding: dict[str, Job] = {}
-        self._in_flight: set[Transport] = set()
-        self._retrying = 0
+        self._active = 0  # jobs handed to a worker and not yet recorded
+        self._room = trio.Event()
+        self._wake = trio.Event()
+        self._in_flight: dict[Transport, ClaimedJob] = {}
+        self._cut: set[str] = set()
+        self._cutting = False
         self._started = False
         self._closing = trio.Event()
         self._drained = trio.Event()
         self._finished = trio.Event()
-        self._nursery: trio.Nursery | None = None
+        self._claims = trio.CancelScope()
         self._grace_scope: trio.CancelScope | None = None
-
-    # -- the request side: never blocks ---------------------------------------------
-
-    @property
-    def accepting(self) -> bool:
-        """Whether :meth:`submit_many` takes jobs: between start and the start of shutdown."""
-        return self._started and not self._closing.is_set() and not self._finished.is_set()
-
-    @property
-    def depth(self) -> int:
-        """Jobs waiting in the queue (not those being sent or waiting for a retry)."""
-        return self._send.statistics().current_buffer_used
-
-    @property
-    def outstanding(self) -> int:
-        """Accepted jobs without a final outcome yet."""
-        return len(self._outstanding)
-
-    @property
-    def retrying(self) -> int:
-        return self._retrying
+        self._nursery: trio.Nursery | None = None
+        self.store_error: str | None = None
 
     @property
     def busy(self) -> int:
         """Workers in the middle of an attempt."""
         return len(self._in_flight)
 
-    def lookup(self, job_id: str) -> JobRecord | None:
-        """The job's current record: live while outstanding, then from ``history``."""
-        job = self._outstanding.get(job_id)
-        return job.record() if job is not None else self.history.get(job_id)
+    def wake(self) -> None:
+        """Make the claimer look for due jobs now (a job was just accepted)."""
+        self._wake.set()
 
-    def ensure_accepting(self, count: int = 1) -> None:
-        """Raise what :meth:`submit_many` would raise for ``count`` jobs now; never waits."""
-        if self._finished.is_set() and not self._closing.is_set():
-            raise ShuttingDown(
-                "delivery has stopped after an internal error and this instance is stopping; "
-                "send the mail to another instance or retry later",
-                retry_after=1,
-            )
-        if not self.accepting:
-            raise ShuttingDown(
-                "trimail is shutting down and accepts no new mail; send it to another instance "
-                "or retry later",
-                retry_after=max(1, math.ceil(self.grace)),
-            )
-        free = self.capacity - self.depth
-        if count > free:
-            raise QueueFull(
-                f"the queue has room for {free} of {self.capacity} jobs; retry after the delay "
-                "given",
-                retry_after=QUEUE_FULL_RETRY_AFTER,
-            )
-
-    def submit(self, request: SendRequest, owner: str | None = None) -> Job:
-        """Queue ``request`` as a new job, log it accepted and return it; never waits."""
-        return self.submit_many([request], owner)[0]
-
-    def submit_many(self, requests: Sequence[SendRequest], owner: str | None = None) -> list[Job]:
-        """Queue all of ``requests`` or none of them; never waits.
-
-        Raises :class:`~trimail.errors.ShuttingDown` once shutdown has begun (or
-        before :meth:`run` started) and :class:`~trimail.errors.QueueFull` when
-        the queue lacks room for all of them; a refused call leaves no trace.
-        ``owner`` names the API key the jobs belong to.
-        """
-        self.ensure_accepting(len(requests))
-        jobs = [Job(request, owner=owner) for request in requests]
-        for job in jobs:  # no checkpoint in between: the room checked above is still there
-            self._send.send_nowait(job)
-            self._outstanding[job.id] = job
-            job.log_accepted()
-        return jobs
-
-    # -- the background side ---------------------------------------------------------
+    # -- running and stopping --------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run the workers until :meth:`shutdown` completes; start with ``nursery.start``.
+        """Deliver until :meth:`shutdown` completes; start with ``nursery.start``.
 
         Cancellation: if the caller cancels this task, in-flight connections are
-        cut, and every unfinished job is logged ``not delivered`` before it returns.
+        cut, and every job still open here gets its closing line before it returns.
         """
         try:
             async with trio.open_nursery() as nursery:
@@ -185,32 +146,35 @@ class Dispatcher:
                             self._worker, self._receive.clone(), name=f"trimail-worker-{number}"
                         )
                     self._receive.close()  # the workers' clones keep the queue open
+                    nursery.start_soon(self._claimer, name="trimail-claimer")
                     self._started = True
                     task_status.started()  # before any checkpoint, so a worker cannot fail first
+                    nursery.start_soon(self._watch, name="trimail-watcher")
                     await self._closing.wait()
-                    self._check_drained()
+                    await self._stop_taking_work()
                     with trio.move_on_after(self.grace) as self._grace_scope:
                         await self._drained.wait()
                     if self._drained.is_set():
+                        self._claims.cancel()
                         await self._send.aclose()  # workers see the end of the queue and finish
                 finally:
                     if not self._drained.is_set():  # grace over, or we were cancelled
                         self._abort(nursery)
         finally:
-            for job in list(self._outstanding.values()):
-                self._finish(job, Outcome.NOT_DELIVERED, self._undelivered_reason(job))
+            with trio.CancelScope(shield=True), trio.move_on_after(SETTLE_TIMEOUT):
+                await settle(self.store, self.ledger, self.clock(), self._cut)
             self._finished.set()
 
     async def shutdown(self) -> None:
-        """Stop accepting, drain for up to ``grace`` seconds, and wait until :meth:`run` ended.
+        """Stop, within ``grace`` seconds (see the module docstring); wait until :meth:`run` ended.
 
         Safe to call more than once and from several tasks. Cancellation: the
         wait is cancelled; the drain itself carries on under :meth:`run`.
         """
         if not self._closing.is_set():
             log.info(
-                "shutting down: %d job(s) outstanding, up to %.1f s to finish",
-                len(self._outstanding),
+                "shutting down: %d job(s) open here, up to %.1f s to finish",
+                len(self.ledger.open),
                 self.grace,
             )
             self._closing.set()
@@ -218,142 +182,173 @@ class Dispatcher:
             await self._finished.wait()
 
     def stop_now(self) -> None:
-        """End the grace period at once (a second SIGTERM): what is unfinished is not delivered."""
+        """End the grace period at once (a second SIGTERM)."""
         self._closing.set()
         if self._grace_scope is not None:
             self._grace_scope.cancel()
         elif self._nursery is not None:
             self._abort(self._nursery)
 
-    def _abort(self, nursery: trio.Nursery) -> None:
-        for transport in list(self._in_flight):
-            transport.abort()  # the blocked thread returns at once, its job stays unfinished
-        nursery.cancel_scope.cancel()
-
-    def _undelivered_reason(self, job: Job) -> str:
-        reason = "shut down before it could be sent"
-        if job.last_error:
-            reason += f" (last error: {job.last_error})"
-        if job.delivered:
-            reason += f"; {len(job.delivered)} recipient(s) had already received it"
-        return reason
-
-    def _finish(self, job: Job, outcome: Outcome, reason: str = "") -> None:
-        if job.finish(outcome, reason):
-            del self._outstanding[job.id]
-            self.history.put(job.id, job.record())
-            self.observer.finished(outcome)
-            self._check_drained()
+    async def _stop_taking_work(self) -> None:
+        """Durable store: claim nothing more (the attempts in flight may finish)."""
+        if self.store.durable:
+            self._claims.cancel()
+        self._check_drained()
 
     def _check_drained(self) -> None:
-        if self._closing.is_set() and not self._outstanding:
+        if not self._closing.is_set() or self._active:
+            return
+        if self.store.durable or not self.ledger.open:
             self._drained.set()
 
-    async def _worker(self, jobs: trio.MemoryReceiveChannel[Job]) -> None:
+    def _abort(self, nursery: trio.Nursery) -> None:
+        self._cutting = True
+        for transport in list(self._in_flight):
+            transport.abort()  # the blocked thread returns at once
+        nursery.cancel_scope.cancel()
+
+    # -- the claimer ------------------------------------------------------------------------
+
+    async def _claimer(self) -> None:
+        with self._claims:
+            while True:
+                room = self._send.statistics().tasks_waiting_receive
+                if room <= 0:
+                    await self._room.wait()
+                    self._room = trio.Event()
+                    continue
+                now = self.clock()
+                try:
+                    jobs = await self.store.claim(room, now, now + self.lease_seconds)
+                except StoreUnavailable as exc:
+                    self._store_down(exc)
+                    await trio.sleep(STORE_RETRY_DELAY)
+                    continue
+                self.store_error = None
+                await self._hand_over(jobs)
+                if len(jobs) < room:
+                    await self._sleep_until_due(empty=not jobs)
+
+    async def _hand_over(self, jobs: list[ClaimedJob]) -> None:
+        """Give each job to an idle worker, with no checkpoint before the last is given."""
+        unplaced = []
+        for job in jobs:
+            try:
+                self._send.send_nowait(job)
+            except trio.WouldBlock:  # a worker left (shutdown): the job goes back
+                unplaced.append(job)
+                continue
+            self._active += 1
+            self.ledger.claimed(job.id)
+        if unplaced:  # if the store is down, their leases bring them back
+            with trio.CancelScope(shield=True), contextlib.suppress(StoreUnavailable):
+                await self.store.release(unplaced, self.clock())
+
+    async def _sleep_until_due(self, empty: bool) -> None:
+        try:
+            due = await self.store.next_due()
+        except StoreUnavailable:
+            due = None
+        # Another process may add work to a durable store: look again every poll_interval.
+        delay = self.poll_interval if self.store.durable else math.inf
+        if due is not None:
+            delay = min(delay, max(MIN_POLL if empty else 0.0, due - self.clock()))
+        with trio.move_on_after(delay):
+            await self._wake.wait()
+        self._wake = trio.Event()
+
+    async def _watch(self) -> None:
+        await self.store.watch(self.wake, task_status=trio.TASK_STATUS_IGNORED)
+
+    def _store_down(self, exc: StoreUnavailable) -> None:
+        if self.store_error is None:
+            log.warning("the store is unavailable (%s); retrying every %.0f s",
+                        exc.detail, STORE_RETRY_DELAY)  # fmt: skip
+        self.store_error = exc.detail
+
+    # -- the workers ------------------------------------------------------------------------
+
+    async def _worker(self, jobs: trio.MemoryReceiveChannel[ClaimedJob]) -> None:
         transport = self._transport_factory()
         try:
             async with jobs:
-                async for job in jobs:
+                while True:
+                    self._room.set()
                     try:
-                        await self._attempt(job, transport)
-                    except Exception:  # a bug must cost one job, not the worker
-                        log.exception("internal error while delivering job %s", job.id)
-                        job.last_error = "internal error in trimail (see the server log)"
-                        job.last_error_code = None
-                        self._finish(job, Outcome.FAILED)
+                        job = await jobs.receive()
+                    except trio.EndOfChannel:
+                        return
+                    try:
+                        await self._deliver(job, transport)
+                    finally:
+                        self._active -= 1
+                    self._check_drained()
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(QUIT_TIMEOUT):
                 await trio.to_thread.run_sync(
                     transport.close, limiter=self._threads, abandon_on_cancel=True
                 )
 
-    async def _attempt(self, job: Job, transport: Transport) -> None:
-        """One delivery attempt; ends with the job finished or its retry scheduled."""
-        job.attempts += 1
-        job.set_state(State.SENDING)
+    async def _deliver(self, job: ClaimedJob, transport: Transport) -> None:
+        """One attempt, then its result recorded in the store (shielded: it must not be lost)."""
         started = trio.current_time()
-        self._in_flight.add(transport)
+        self._in_flight[transport] = job
         try:
-            # Not abandoned on cancel: the outcome of a send must be known before it is
-            # logged. Shutdown unblocks the thread with transport.abort() instead.
-            result = await trio.to_thread.run_sync(_send_job, transport, job, limiter=self._threads)
-        except DeliveryError as exc:
-            code, reason = exc.smtp_code, exc.reason
-            verdict = classify(exc)
-            job.last_error = reason
-            job.last_error_code = code
-            duration = trio.current_time() - started
-            job.log_attempt(f"{verdict.value} failure", code, duration, reason)
-            self.observer.attempted(verdict.value, code, duration)
-            self._after_failure(job, verdict)
-            return
-        finally:
-            self._in_flight.discard(transport)
-        self._after_result(job, result, trio.current_time() - started)
-
-    def _after_result(self, job: Job, result: SendResult, duration: float) -> None:
-        job.delivered.extend(result.accepted)
-        retry_later = []
-        for recipient, (code, reply) in result.refused.items():
-            if classify_code(code) is Verdict.TRANSIENT:
-                retry_later.append(recipient)
-            job.refused[recipient] = f"{code} {reply}"
-        job.pending = tuple(retry_later)
-        summary = f"{len(result.accepted)} accepted, {len(result.refused)} refused"
-        if retry_later:
-            code = result.refused[retry_later[0]][0]
-            job.last_error = "; ".join(f"{r}: {job.refused[r]}" for r in retry_later)
-            job.last_error_code = code
-            self.observer.attempted("partial" if result.accepted else "transient", code, duration)
-            job.log_attempt(
-                "partial" if result.accepted else "transient failure", code, duration, summary
-            )
-            for recipient in retry_later:
-                del job.refused[recipient]  # not final yet; it is retried
-            self._after_failure(job, Verdict.TRANSIENT)
-            return
-        code = 250 if result.accepted else next(iter(result.refused.values()))[0]
-        job.log_attempt("delivered" if result.accepted else "refused", code, duration, summary)
-        self.observer.attempted("delivered" if result.accepted else "permanent", code, duration)
-        if job.delivered:
-            self._finish(job, Outcome.SENT)
-        else:
-            first = next(iter(job.refused.values()))
-            count = len(job.refused)
-            job.last_error = first if count == 1 else f"all {count} recipients refused; {first}"
-            job.last_error_code = code
-            self._finish(job, Outcome.FAILED)
-
-    def _after_failure(self, job: Job, verdict: Verdict) -> None:
-        if not self.retry.should_retry(job.attempts, verdict):
-            if job.delivered:  # earlier attempts reached some recipients
-                for recipient in job.pending:
-                    job.refused[recipient] = job.last_error or "not delivered"
-                self._finish(job, Outcome.SENT)
+            try:
+                # Not abandoned on cancel: the outcome of a send must be known before it
+                # is recorded. Shutdown unblocks the thread with transport.abort() instead.
+                sent = await trio.to_thread.run_sync(
+                    _send_in_thread, transport, job, limiter=self._threads
+                )
+            except DeliveryError as error:
+                if self._cutting:  # our own shutdown cut it: not the provider's doing
+                    self._cut.add(job.id)
+                    self.ledger.attempt(job.id, job.attempt, "cut by trimail's shutdown", None,
+                                        trio.current_time() - started)  # fmt: skip
+                    return
+                attempted = outcomes.after_failure(job, error, self.retry, self.clock())
             else:
-                self._finish(job, Outcome.FAILED, job.last_error or "")
-            return
-        delay = self.retry.backoff(job.attempts)
-        job.set_state(State.RETRYING)
-        self.observer.retry_scheduled()
-        assert self._nursery is not None
-        self._nursery.start_soon(self._retry_later, job, delay, name=f"trimail-retry-{job.id}")
-
-    async def _retry_later(self, job: Job, delay: float) -> None:
-        self._retrying += 1
-        try:
-            await trio.sleep(delay)
-            job.set_state(State.QUEUED)
-            await self._send.send(job)  # may wait for room; the request path never does
+                attempted = outcomes.after_send(job, sent, self.retry, self.clock())
+        except Exception:  # a bug must cost one job, not the worker
+            log.exception("internal error while delivering job %s", job.id)
+            result = outcomes.internal_error(job, self.clock())
+            attempted = outcomes.Attempted(result, "internal error", "permanent", None, "")
         finally:
-            self._retrying -= 1
+            del self._in_flight[transport]
+        duration = trio.current_time() - started
+        self.ledger.attempt(job.id, job.attempt, attempted.line, attempted.smtp_code, duration,
+                            attempted.detail)  # fmt: skip
+        self.observer.attempted(attempted.kind, attempted.smtp_code, duration)
+        with trio.CancelScope(shield=True):
+            await self._record(job, attempted.result)
+
+    async def _record(self, job: ClaimedJob, result: AttemptResult) -> None:
+        lease_end = self.clock() + self.lease_seconds
+        while True:
+            try:
+                await self.store.record([result])
+                break
+            except StoreUnavailable as exc:
+                self._store_down(exc)
+                if self.clock() > lease_end or self._cutting:
+                    log.error("could not record the outcome of job %s attempt %d; it is left "
+                              "to its lease", job.id, job.attempt)  # fmt: skip
+                    self._cut.add(job.id)
+                    return
+                await trio.sleep(STORE_RETRY_DELAY)
+        if result.state is JobState.RETRYING:
+            self.observer.retry_scheduled()
+            self.wake()  # the claimer recomputes when the next job is due
+            return
+        closing = Closing.SENT if result.state is JobState.SENT else Closing.FAILED
+        self.ledger.close(job.id, closing, job.attempt, result.last_error or "",
+                          len(result.delivered), result.refused)  # fmt: skip
+        self.observer.finished(closing)
 
 
-def _send_job(transport: Transport, job: Job) -> SendResult:
-    """Build the job's message once, then send it to its pending recipients (in a thread)."""
-    if job.envelope is None:
-        job.envelope = build_envelope(job.request, job.id)
-    envelope = job.envelope
+def _send_in_thread(transport: Transport, job: ClaimedJob) -> SendResult:
+    """Build the job's message, then send it to its pending recipients (in a thread)."""
+    envelope = build_envelope(job.request, job.id, job.created_at)
     if envelope.recipients != job.pending:
         envelope = dataclasses.replace(envelope, recipients=job.pending)
     return transport.send(envelope)

@@ -63,8 +63,12 @@ def message_id(job_id: str, sender: Mailbox) -> str:
     return f"<{job_id}@{domain}>"
 
 
-def build_message(request: SendRequest, job_id: str) -> EmailMessage:
-    """The message as the recipients will see it; Bcc never appears in it."""
+def build_message(request: SendRequest, job_id: str, date: float | None = None) -> EmailMessage:
+    """The message as the recipients will see it; Bcc never appears in it.
+
+    ``date`` (Unix seconds) is when trimail accepted it, the message's Date;
+    the same on every attempt. Default: now.
+    """
     mailboxes = (request.sender, *request.to, *request.cc, *request.bcc, *request.reply_to)
     utf8 = any(mailbox.needs_smtputf8 for mailbox in mailboxes)
     msg = EmailMessage(policy=UTF8_POLICY if utf8 else ASCII_POLICY)
@@ -75,7 +79,7 @@ def build_message(request: SendRequest, job_id: str) -> EmailMessage:
     if request.reply_to:
         msg["Reply-To"] = [_address(m) for m in request.reply_to]
     msg["Subject"] = request.subject
-    msg["Date"] = email.utils.formatdate(usegmt=True)
+    msg["Date"] = email.utils.formatdate(date, usegmt=True)
     msg["Message-ID"] = message_id(job_id, request.sender)
     for name, value in request.headers.items():
         msg[name] = value
@@ -158,9 +162,9 @@ def check_line_endings(data: bytes) -> None:
         raise PermanentDeliveryError("built message has a bare CR or LF (not sent)")
 
 
-def build_envelope(request: SendRequest, job_id: str) -> Envelope:
+def build_envelope(request: SendRequest, job_id: str, date: float | None = None) -> Envelope:
     """Build and serialize the message; raise :class:`PermanentDeliveryError` if it is unsafe."""
-    msg = build_message(request, job_id)
+    msg = build_message(request, job_id, date)
     data = msg.as_bytes()
     check_line_endings(data)
     _check_headers(data, request)

@@ -4,6 +4,9 @@
 ``[0, min(max_delay, base_delay * 2 ** (attempt - 1))]`` seconds, where
 ``attempt`` is the number of the attempt that just failed (1 for the first).
 
+A job is retried while the next attempt would start within ``window`` seconds
+of its acceptance (24 hours by default: a provider outage of up to a day loses
+nothing), and, if ``max_attempts`` is set, while it has had fewer attempts.
 Which failures are transient is decided where they are understood, in
 :mod:`trimail.delivery.failures`; the policy only counts.
 """
@@ -33,7 +36,8 @@ class RetryPolicy:
 
     base_delay: float = 1.0
     max_delay: float = 300.0
-    max_attempts: int = 5
+    window: float = 86_400.0
+    max_attempts: int | None = None
     uniform: Callable[[float, float], float] = field(default=random.uniform, compare=False)
 
     def backoff(self, attempt: int) -> float:
@@ -41,9 +45,19 @@ class RetryPolicy:
         ceiling = min(self.max_delay, self.base_delay * 2 ** min(attempt - 1, 64))
         return self.uniform(0.0, ceiling)
 
-    def should_retry(self, attempt: int, verdict: Verdict) -> bool:
-        """Whether a job whose attempt number ``attempt`` failed this way gets another one."""
-        return verdict is Verdict.TRANSIENT and attempt < self.max_attempts
+    def next_attempt(
+        self, attempt: int, verdict: Verdict, created_at: float, now: float
+    ) -> float | None:
+        """When to try again after attempt number ``attempt`` failed this way; None: give up.
+
+        Times are Unix seconds; ``created_at`` is when the job was accepted.
+        """
+        if verdict is Verdict.PERMANENT:
+            return None
+        if self.max_attempts is not None and attempt >= self.max_attempts:
+            return None
+        due = now + self.backoff(attempt)
+        return due if due <= created_at + self.window else None
 
 
 def classify_code(code: int) -> Verdict:

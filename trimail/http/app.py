@@ -1,14 +1,21 @@
-"""``create_app()``: wires settings, the dispatcher and the routes into a Quart-Trio app.
+"""``create_app()``: wires settings, the store, delivery and the routes into a Quart-Trio app.
 
 ``hypercorn --worker-class trio 'trimail.http:create_app()'`` serves it with the
 settings read from ``TRIMAIL_*`` variables; ``trimail serve`` does the same and
 adds signal handling that keeps answering ``503 shutting_down`` during the drain.
+
+Startup (``before_serving``) opens the store unless one was given, starts the
+maintenance task and, unless the role is ``api``, the dispatcher, each with
+``nursery.start``. Shutdown (``after_serving``) stops accepting, drains the
+dispatcher within the grace, closes the jobs still open here in the ledger,
+stops maintenance and closes the store.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
 from importlib.metadata import version
 from typing import Any, cast
@@ -16,19 +23,21 @@ from typing import Any, cast
 import trio
 from quart_trio import QuartTrio
 
-from ..config import Settings, load_settings
+from ..config import Role, Settings, load_settings
 from ..delivery.dispatcher import Dispatcher
 from ..delivery.retry import RetryPolicy
 from ..delivery.transport import SMTPTransport, Transport, make_tls_context
+from ..intake import Intake
+from ..ledger import Ledger, settle
 from ..logs import configure_logging, flush_logging
+from ..maintenance import Maintenance
 from ..models import json_values_limit
-from ..store.expiring import ExpiringStore
+from ..store import JobStore, Limits, open_store
 from .access import Access
 from .gate import ASGIApp, ByteBudget, Gate
-from .idempotency import IdempotencyKeys
 from .metrics import Metrics
 from .openapi import build_openapi, dump, render_html
-from .routes import JobIdConverter, api
+from .routes import JobIdConverter, operations, sending
 
 log = logging.getLogger(__name__)
 
@@ -36,32 +45,45 @@ log = logging.getLogger(__name__)
 #: deadlines allow, so that cutting connections and logging what was not
 #: delivered always fits inside them (a few ms in practice; 5 s is headroom).
 SHUTDOWN_MARGIN = 5.0
-
-
 #: Exit status when delivery stopped after an internal error (EX_SOFTWARE).
 EXIT_DELIVERY_FAILED = 70
 
 
 class TrimailApp(QuartTrio):
-    """The Quart-Trio app, with the settings and the dispatcher it serves.
+    """The Quart-Trio app, with what it serves: the store, the intake, the dispatcher.
 
-    ``delivery_failed`` is set when the dispatcher ended by itself (a bug): the
-    instance must not keep accepting mail it cannot deliver. :func:`trimail.
-    server.serve` then stops the server; hosted by plain Hypercorn, the process
-    exits at once with :data:`EXIT_DELIVERY_FAILED` unless ``exit_on_failure``
-    was turned off.
+    ``store``, ``intake`` and ``maintenance`` exist once the app is serving;
+    ``dispatcher`` too, unless the role is ``api``. ``delivery_failed`` is set
+    when the dispatcher ended by itself (a bug): the instance must not keep
+    accepting mail it cannot deliver. :func:`trimail.http.server.serve` then
+    stops the server; under plain Hypercorn the process exits at once with
+    :data:`EXIT_DELIVERY_FAILED` unless ``exit_on_failure`` was turned off.
     """
 
     settings: Settings
-    dispatcher: Dispatcher
+    clock: Callable[[], float]
+    ledger: Ledger
+    store: JobStore | None
+    intake: Intake
+    dispatcher: Dispatcher | None
+    maintenance: Maintenance
     metrics: Metrics
-    idempotency: IdempotencyKeys
     validation_context: dict[str, Any]
     json_values_limit: int
     openapi_json: bytes
     docs_html: str
     delivery_failed: trio.Event
     exit_on_failure: bool
+
+    async def drain(self) -> None:
+        """Stop accepting, then let delivery finish within the grace (see Dispatcher.shutdown).
+
+        Safe to call more than once. Requests keep being answered meanwhile
+        (``503 shutting_down`` for new mail, replays and status as usual).
+        """
+        self.intake.accepting = False
+        if self.dispatcher is not None:
+            await self.dispatcher.shutdown()
 
 
 def smtp_transport_factory(settings: Settings) -> Callable[[], Transport]:
@@ -83,22 +105,49 @@ def smtp_transport_factory(settings: Settings) -> Callable[[], Transport]:
     return factory
 
 
+def store_limits(settings: Settings) -> Limits:
+    return Limits(
+        max_jobs=settings.effective_queue_size,
+        max_bytes=settings.effective_queue_bytes,
+        status_ttl=settings.status_ttl,
+        status_max_jobs=settings.status_max_jobs,
+        idempotency_ttl=settings.idempotency_ttl,
+        idempotency_max_keys=settings.idempotency_max_keys,
+    )
+
+
+def retry_policy(settings: Settings) -> RetryPolicy:
+    return RetryPolicy(
+        base_delay=settings.retry_base_delay,
+        max_delay=settings.retry_max_delay,
+        window=settings.retry_window,
+        max_attempts=settings.max_attempts,
+    )
+
+
 def create_app(
     settings: Settings | None = None,
     *,
     transport_factory: Callable[[], Transport] | None = None,
+    store: JobStore | None = None,
     setup_logging: bool = True,
+    clock: Callable[[], float] = time.time,
 ) -> TrimailApp:
-    """Build the app; the dispatcher starts when it starts serving and drains when it stops.
+    """Build the app; the store and delivery start when it starts serving, and stop with it.
 
     ``settings`` default to the ``TRIMAIL_*`` environment; ``transport_factory``
-    to SMTP as configured (tests pass :class:`trimail.testing.MemoryTransport`).
+    to SMTP as configured (tests pass :class:`trimail.testing.MemoryTransport`);
+    ``store`` to the one ``settings.store`` names, opened at startup.
     """
     settings = settings or load_settings()
     if setup_logging:
         configure_logging(settings.log_format, settings.log_level)
     app = TrimailApp(__name__)
     app.settings = settings
+    app.clock = clock
+    app.ledger = Ledger()
+    app.store = store
+    app.dispatcher = None
     app.delivery_failed = trio.Event()
     app.exit_on_failure = True
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
@@ -123,57 +172,85 @@ def create_app(
         ByteBudget(settings.max_inflight_bytes),
         app.metrics.request,
     )
-    app.dispatcher = Dispatcher(
-        transport_factory or smtp_transport_factory(settings),
-        workers=settings.workers,
-        queue_size=settings.queue_size,
-        retry=RetryPolicy(
-            base_delay=settings.retry_base_delay,
-            max_delay=settings.retry_max_delay,
-            max_attempts=settings.max_attempts,
-        ),
-        grace=settings.shutdown_grace,
-        observer=app.metrics,
-        history=ExpiringStore(settings.status_ttl, settings.status_max_jobs),
-    )
-    app.metrics.watch(app.dispatcher)
-    app.idempotency = IdempotencyKeys(settings.idempotency_ttl, settings.idempotency_max_keys)
     document = build_openapi(version("trimail"))
     app.openapi_json = dump(document)
     app.docs_html = render_html(document)
     app.url_map.converters["job_id"] = JobIdConverter
-    app.register_blueprint(api)
+    if settings.role is not Role.DELIVERY:
+        app.register_blueprint(sending)
+    app.register_blueprint(operations)
+    maintenance_scope = trio.CancelScope()
 
     @app.before_serving
-    async def start_dispatcher() -> None:
-        if not settings.api_keys:
+    async def start() -> None:
+        if not settings.api_keys and settings.role is not Role.DELIVERY:
             log.warning(
                 "no TRIMAIL_API_KEYS configured: only direct connections to a loopback address "
                 "are served (not a Unix socket, not through a proxy)"
             )
-        await app.nursery.start(_deliver, app)
+        if app.store is None:
+            app.store = await open_store(settings.store, store_limits(settings))
+        app.intake = Intake(app.store, app.ledger, grace=settings.shutdown_grace, clock=clock)
+        app.maintenance = Maintenance(app.store, app.ledger, clock)
+        app.metrics.watch(app)
+        await app.nursery.start(_keep_house, app.maintenance, maintenance_scope)
+        if settings.role is not Role.API:
+            app.dispatcher = Dispatcher(
+                app.store,
+                transport_factory or smtp_transport_factory(settings),
+                ledger=app.ledger,
+                workers=settings.workers,
+                retry=retry_policy(settings),
+                lease_seconds=settings.lease_seconds,
+                grace=settings.shutdown_grace,
+                observer=app.metrics,
+                clock=clock,
+            )
+            app.intake.on_accept = app.dispatcher.wake
+            await app.nursery.start(_deliver, app, app.dispatcher)
+        app.intake.accepting = settings.role is not Role.DELIVERY
         log.info(
-            "delivering through %s:%d (security %s) with %d worker(s), queue of %d",
+            "trimail %s (role %s, store %s) delivering through %s:%d (security %s) with %d "
+            "worker(s); at most %d job(s) and %d bytes not yet final",
+            version("trimail"),
+            settings.role.value,
+            settings.redacted_store,
             settings.smtp_host,
             settings.effective_smtp_port,
             settings.smtp_security.value,
             settings.workers,
-            settings.queue_size,
+            settings.effective_queue_size,
+            settings.effective_queue_bytes,
         )
 
     @app.after_serving
-    async def drain_dispatcher() -> None:
-        await app.dispatcher.shutdown()
+    async def stop() -> None:
+        await app.drain()
+        if app.dispatcher is None and app.store is not None:
+            await settle(app.store, app.ledger, clock(), set())
+        maintenance_scope.cancel()
+        if app.store is not None:
+            await app.store.aclose()
 
     return app
 
 
-async def _deliver(app: TrimailApp, *, task_status: trio.TaskStatus[None]) -> None:
+async def _keep_house(
+    maintenance: Maintenance, scope: trio.CancelScope, *, task_status: trio.TaskStatus[None]
+) -> None:
+    with scope:
+        await maintenance.run(task_status=task_status)
+
+
+async def _deliver(
+    app: TrimailApp, dispatcher: Dispatcher, *, task_status: trio.TaskStatus[None]
+) -> None:
     """Run the dispatcher; if it ends by itself, say why and stop the instance (see TrimailApp)."""
     try:
-        await app.dispatcher.run(task_status=task_status)
+        await dispatcher.run(task_status=task_status)
     except Exception:
         log.critical("delivery stopped after an internal error; trimail stops", exc_info=True)
+        app.intake.accepting = False
         app.delivery_failed.set()
         if app.exit_on_failure:
             flush_logging()

@@ -7,11 +7,16 @@ Each app has its own registry.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from ..delivery.dispatcher import Dispatcher, Observer
-from ..jobs import Outcome
+from ..delivery.dispatcher import Observer
+from ..ledger import Closing
+
+if TYPE_CHECKING:
+    from .app import TrimailApp
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
@@ -54,24 +59,31 @@ class Metrics(Observer):
         self._gauges = {
             name: Gauge(f"trimail_{name}", help_text, registry=r)
             for name, help_text in {
-                "queue_depth": "Jobs waiting in the queue.",
-                "queue_capacity": "Jobs the queue can hold.",
-                "workers": "Worker tasks.",
-                "workers_busy": "Workers in the middle of an attempt.",
-                "jobs_outstanding": "Accepted jobs without a final outcome.",
-                "jobs_retrying": "Jobs waiting for a retry.",
+                "queue_depth": "Jobs queued, not yet attempted (the store's count).",
+                "jobs_sending": "Jobs in an attempt, on any instance (the store's count).",
+                "jobs_retrying": "Jobs waiting for a retry (the store's count).",
+                "jobs_outstanding": "Jobs not yet final (the store's count).",
+                "queue_bytes": "Bytes of messages not yet final (the store's count).",
+                "queue_capacity": "Most jobs not yet final (TRIMAIL_QUEUE_SIZE).",
+                "workers": "Worker tasks of this process.",
+                "workers_busy": "Workers of this process in the middle of an attempt.",
+                "store_up": "1 while the store answers, 0 when it does not.",
             }.items()
         }
 
-    def watch(self, dispatcher: Dispatcher) -> None:
-        """Read the queue and worker gauges from ``dispatcher`` at each scrape."""
+    def watch(self, app: TrimailApp) -> None:
+        """Read the gauges from the app's maintenance counts and dispatcher at each scrape."""
+        maintenance = app.maintenance
         readers = {
-            "queue_depth": lambda: dispatcher.depth,
-            "queue_capacity": lambda: dispatcher.capacity,
-            "workers": lambda: dispatcher.workers,
-            "workers_busy": lambda: dispatcher.busy,
-            "jobs_outstanding": lambda: dispatcher.outstanding,
-            "jobs_retrying": lambda: dispatcher.retrying,
+            "queue_depth": lambda: maintenance.stats.queued,
+            "jobs_sending": lambda: maintenance.stats.sending,
+            "jobs_retrying": lambda: maintenance.stats.retrying,
+            "jobs_outstanding": lambda: maintenance.stats.outstanding,
+            "queue_bytes": lambda: maintenance.stats.bytes,
+            "queue_capacity": lambda: app.settings.effective_queue_size,
+            "workers": lambda: app.dispatcher.workers if app.dispatcher else 0,
+            "workers_busy": lambda: app.dispatcher.busy if app.dispatcher else 0,
+            "store_up": lambda: 0 if maintenance.error else 1,
         }
         for name, read in readers.items():
             self._gauges[name].set_function(read)
@@ -79,15 +91,15 @@ class Metrics(Observer):
     def request(self, route: str, status: int) -> None:
         self.requests.labels(route, str(status)).inc()
 
-    def attempted(self, result: str, smtp_code: int | None, duration: float) -> None:
-        self.attempts.labels(result, code_class(smtp_code)).inc()
+    def attempted(self, kind: str, smtp_code: int | None, duration: float) -> None:
+        self.attempts.labels(kind, code_class(smtp_code)).inc()
         self.attempt_seconds.observe(duration)
 
     def retry_scheduled(self) -> None:
         self.retries.inc()
 
-    def finished(self, outcome: Outcome) -> None:
-        self.jobs.labels(outcome.value).inc()
+    def finished(self, closing: Closing) -> None:
+        self.jobs.labels(closing.value).inc()
 
     def exposition(self) -> bytes:
         """The text format Prometheus scrapes."""

@@ -19,7 +19,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter
 
 from .. import errors
-from ..jobs import Job
+from ..config import Role
 from ..models import Attachment, BatchRequest, SendRequest
 from .body import parse_json, shorten
 from .gate import OWNER
@@ -30,7 +30,11 @@ if TYPE_CHECKING:
     from .app import TrimailApp
 
 log = logging.getLogger(__name__)
-api = Blueprint("trimail", __name__)
+#: Sending and job status; not served by the delivery role.
+sending = Blueprint("sending", __name__)
+#: Health, readiness, metrics and the API document; served by every role.
+operations = Blueprint("operations", __name__)
+
 
 JSON_TYPE = "application/json"
 #: Bodies up to this size are validated on the event loop (a typical request
@@ -157,15 +161,16 @@ async def _messages(body: bytes, validate: Validate) -> list[SendRequest]:
     return await trio.to_thread.run_sync(_parse_and_validate, body, validate, app)
 
 
-def _accepted(job: Job) -> dict[str, str]:
-    return {"id": job.id, "status": "queued"}
+def _accepted(job_id: str) -> dict[str, str]:
+    return {"id": job_id, "status": "queued"}
 
 
-async def _enqueue(validate: Validate, answer: Callable[[list[Job]], dict[str, Any]]) -> Response:
-    """Validate and queue; replay the answer to a known Idempotency-Key.
+async def _enqueue(validate: Validate, answer: Callable[[list[str]], dict[str, Any]]) -> Response:
+    """Validate and store; replay the answer to a known Idempotency-Key.
 
-    The gate has already authenticated the caller and bounded the body.
-    A replay is answered even while shutting down: it creates nothing.
+    The gate has already authenticated the caller and bounded the body. A
+    replay is answered even while shutting down: it creates nothing. With a
+    durable store the 202 is sent only once the jobs are committed.
     """
     app = _app()
     owner = _owner()
@@ -176,23 +181,18 @@ async def _enqueue(validate: Validate, answer: Callable[[list[Job]], dict[str, A
         )
     body = cast(bytes, await request.get_data(cache=False, as_text=False))
     key = request.headers.get("Idempotency-Key")
-    if key is None:
-        app.dispatcher.ensure_accepting()  # refuse before spending time on parsing
-        requests = await _messages(body, validate)
-        return _queued(answer(app.dispatcher.submit_many(requests, owner)))
-    print_ = fingerprint(request.path, body)
-    replay = app.idempotency.begin(owner, check_key(key), print_)
-    if replay is not None:
-        return _queued(replay, {"Idempotent-Replayed": "true"})
-    try:
-        app.dispatcher.ensure_accepting()
-        requests = await _messages(body, validate)
-        answer_body = answer(app.dispatcher.submit_many(requests, owner))
-    except BaseException:
-        app.idempotency.abandon(owner, key)
-        raise
-    app.idempotency.complete(owner, key, print_, answer_body)
-    return _queued(answer_body)
+    idempotency = None
+    if key is not None:
+        idempotency = (check_key(key), fingerprint(request.path, body))
+        known = await app.store.replay(owner, key, app.clock())  # type: ignore[union-attr]
+        if known is not None:
+            if known.fingerprint != idempotency[1]:
+                raise errors.IdempotencyKeyReused()
+            return _queued(known.answer, {"Idempotent-Replayed": "true"})
+    app.intake.ensure_accepting()  # refuse before spending time on parsing
+    requests = await _messages(body, validate)
+    answer_body, replayed = await app.intake.submit(requests, owner, answer, idempotency)
+    return _queued(answer_body, {"Idempotent-Replayed": "true"} if replayed else None)
 
 
 def _queued(body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
@@ -203,16 +203,16 @@ def _queued(body: dict[str, Any], headers: dict[str, str] | None = None) -> Resp
     return json_response(body, 202, headers=headers)
 
 
-@api.post("/email/send")
+@sending.post("/email/send")
 async def send_email() -> Response:
-    """Validate one message, queue it, answer 202 with its job id."""
-    return await _enqueue(_one, lambda jobs: _accepted(jobs[0]))
+    """Validate one message, store it, answer 202 with its job id."""
+    return await _enqueue(_one, lambda ids: _accepted(ids[0]))
 
 
-@api.post("/email/batch")
+@sending.post("/email/batch")
 async def send_batch() -> Response:
-    """Validate 1 to 100 messages, queue all or none, answer 202 with their ids in order."""
-    return await _enqueue(_batch, lambda jobs: {"data": [_accepted(job) for job in jobs]})
+    """Validate 1 to 100 messages, store all or none, answer 202 with their ids in order."""
+    return await _enqueue(_batch, lambda ids: {"data": [_accepted(i) for i in ids]})
 
 
 class JobIdConverter(BaseConverter):
@@ -221,55 +221,79 @@ class JobIdConverter(BaseConverter):
     regex = "[0-9a-f]{32}"
 
 
-@api.get("/email/<job_id:job_id>")
+@sending.get("/email/<job_id:job_id>")
 async def job_status(job_id: str) -> Response:
     """The job's status, for the API key that created it; 404 for anyone else."""
-    record = _app().dispatcher.lookup(job_id)
-    if record is None or record.owner != _owner():
+    app = _app()
+    status = await app.store.status(job_id, app.clock())  # type: ignore[union-attr]
+    if status is None or status.owner != _owner():
         raise errors.NotFound(
             f"no job {job_id!r} for this API key: the id is unknown, its status expired, "
             "or another key created it"
         )
-    return json_response(record.status(), 200)
+    return json_response(status.to_json(), 200)
 
 
-@api.get("/healthz")
+@operations.get("/healthz")
 async def healthz() -> Response:
-    """Liveness, with the queue's depth and capacity and the worker count."""
-    dispatcher = _app().dispatcher
+    """Liveness, and the store's open jobs as last counted (across instances)."""
+    app = _app()
+    stats, settings = await app.maintenance.current(), app.settings
+    stopping = settings.role is not Role.DELIVERY and not app.intake.accepting
     return json_response(
         {
-            "status": "ok" if dispatcher.accepting else "shutting_down",
-            "queue_depth": dispatcher.depth,
-            "queue_capacity": dispatcher.capacity,
-            "workers": dispatcher.workers,
-            "outstanding": dispatcher.outstanding,
-            "retrying": dispatcher.retrying,
+            "status": "shutting_down" if stopping else "ok",
+            "role": settings.role.value,
+            "store": app.store.kind if app.store is not None else None,
+            "store_reachable": app.maintenance.error is None,
+            "queue_depth": stats.queued,
+            "sending": stats.sending,
+            "retrying": stats.retrying,
+            "outstanding": stats.outstanding,
+            "queue_capacity": settings.effective_queue_size,
+            "queue_bytes": stats.bytes,
+            "queue_bytes_capacity": settings.effective_queue_bytes,
+            "workers": settings.workers if app.dispatcher is not None else 0,
         },
         200,
     )
 
 
-@api.get("/readyz")
+@operations.get("/readyz")
 async def readyz() -> Response:
-    """200 while new mail would be accepted; 503 ``shutting_down`` or ``queue_full`` if not."""
-    _app().dispatcher.ensure_accepting()
+    """200 while this instance does its role; 503 with the reason if not."""
+    app = _app()
+    if app.settings.role is not Role.DELIVERY:
+        app.intake.ensure_accepting()
+    stats, settings = await app.maintenance.current(), app.settings
+    if app.maintenance.error is not None:
+        raise errors.StoreUnavailable("the job store does not answer; retry after the delay given")
+    if app.settings.role is not Role.DELIVERY and (
+        stats.outstanding >= settings.effective_queue_size
+        or stats.bytes >= settings.effective_queue_bytes
+    ):
+        raise errors.QueueFull(
+            "the queue holds as many jobs or bytes as it may; retry after the delay given",
+            retry_after=1,
+        )
     return json_response({"status": "ready"}, 200)
 
 
-@api.get("/metrics")
+@operations.get("/metrics")
 async def metrics() -> Response:
     """Prometheus text format."""
-    return Response(_app().metrics.exposition(), 200, content_type=CONTENT_TYPE_LATEST)
+    app = _app()
+    await app.maintenance.current()
+    return Response(app.metrics.exposition(), 200, content_type=CONTENT_TYPE_LATEST)
 
 
-@api.get("/openapi.json")
+@operations.get("/openapi.json")
 async def openapi() -> Response:
     """The OpenAPI 3.1 document of this API."""
     return Response(_app().openapi_json, 200, content_type=JSON_TYPE)
 
 
-@api.get("/docs")
+@operations.get("/docs")
 async def docs() -> Response:
     """The OpenAPI document rendered for people."""
     return Response(_app().docs_html, 200, content_type="text/html; charset=utf-8")
@@ -281,12 +305,12 @@ def error_response(error: errors.HTTPError, headers: dict[str, str] | None = Non
     )
 
 
-@api.app_errorhandler(errors.HTTPError)
+@operations.app_errorhandler(errors.HTTPError)
 async def handle_trimail_error(error: errors.HTTPError) -> Response:
     return error_response(error)
 
 
-@api.app_errorhandler(HTTPException)
+@operations.app_errorhandler(HTTPException)
 async def handle_http_exception(error: HTTPException) -> Response:
     """Routing and protocol errors from Quart, in the same JSON shape."""
     status = error.code or 500
@@ -310,7 +334,7 @@ async def handle_http_exception(error: HTTPException) -> Response:
     return error_response(known)
 
 
-@api.app_errorhandler(Exception)
+@operations.app_errorhandler(Exception)
 async def handle_unexpected(error: Exception) -> Response:
     log.exception("unexpected error answering %s %s", request.method, request.path)
     return error_response(errors.HTTPError("internal error; the request was not queued"))

@@ -19,7 +19,8 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
 from ..config import Settings
-from .app import EXIT_DELIVERY_FAILED, SHUTDOWN_MARGIN, TrimailApp, create_app
+from ..store import open_store
+from .app import EXIT_DELIVERY_FAILED, SHUTDOWN_MARGIN, TrimailApp, create_app, store_limits
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,9 @@ async def serve(settings: Settings, app: TrimailApp | None = None) -> int:
     The status is 0, or :data:`~trimail.http.app.EXIT_DELIVERY_FAILED` when the server
     stopped because delivery had stopped by itself.
     """
-    app = app or create_app(settings, setup_logging=False)
+    if app is None:  # open the store first: an unreachable one stops trimail before it listens
+        store = await open_store(settings.store, store_limits(settings))
+        app = create_app(settings, store=store, setup_logging=False)
     app.exit_on_failure = False  # stopped here, gracefully, instead
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
 
@@ -80,10 +83,11 @@ async def serve(settings: Settings, app: TrimailApp | None = None) -> int:
                 async def hurry_on_second_signal() -> None:
                     async for signum in signals:
                         log.warning("received %s again: stopping now", signal.Signals(signum).name)
-                        app.dispatcher.stop_now()
+                        if app.dispatcher is not None:
+                            app.dispatcher.stop_now()
 
                 nursery.start_soon(hurry_on_second_signal)
-                await app.dispatcher.shutdown()
+                await app.drain()
                 nursery.cancel_scope.cancel()
 
         await hypercorn_serve(app, hypercorn_config(settings), shutdown_trigger=drain_on_signal)

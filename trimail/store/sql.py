@@ -1,0 +1,522 @@
+"""The SQL job store, written once for SQLite and PostgreSQL (each a :class:`Driver`).
+
+Tables (all times are Unix seconds, as ``double precision``)::
+
+    trimail_meta         name -> value; holds schema_version
+    trimail_jobs         one row per job: state, attempts, due and lease times, the
+                         message (payload; NULL once final), recipients, last error
+    trimail_idempotency  (owner, key) -> fingerprint, answer, created_at
+    trimail_totals       one row: open jobs and their bytes, for admission
+
+Every write that adds or finishes jobs also updates ``trimail_totals``, in the
+same transaction; a submission reads it under a lock (``FOR UPDATE`` in
+PostgreSQL, ``BEGIN IMMEDIATE`` in SQLite), so admission and idempotency are
+decided one transaction at a time across every instance. Submissions and
+attempt results are written by group commit (:mod:`trimail.store.group`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Protocol, TypeVar
+
+import trio
+
+from ..errors import ConfigurationError, IdempotencyKeyReused, QueueFull, StoreUnavailable
+from . import payload
+from .base import (
+    FINAL_STATES,
+    AttemptResult,
+    ClaimedJob,
+    JobState,
+    JobStatus,
+    Limits,
+    Replay,
+    StoreStats,
+    Submission,
+)
+from .group import GroupCommit
+from .memory import queue_full
+
+SCHEMA_VERSION = 1
+#: Ids asked about per statement in :meth:`SQLStore.unfinished`.
+CHUNK = 500
+#: Rows deleted per statement when pruning, so that no transaction grows large.
+PRUNE_BATCH = 5000
+
+OPEN = "('queued', 'sending', 'retrying')"
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS trimail_jobs (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at DOUBLE PRECISION NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL,
+    next_attempt_at DOUBLE PRECISION,
+    lease_until DOUBLE PRECISION,
+    finished_at DOUBLE PRECISION,
+    size BIGINT NOT NULL,
+    payload {blob},
+    pending TEXT NOT NULL,
+    delivered TEXT NOT NULL,
+    refused TEXT NOT NULL,
+    last_error TEXT,
+    last_error_code INTEGER
+);
+CREATE INDEX IF NOT EXISTS trimail_jobs_due ON trimail_jobs (next_attempt_at)
+    WHERE state IN ('queued', 'retrying');
+CREATE INDEX IF NOT EXISTS trimail_jobs_leased ON trimail_jobs (lease_until)
+    WHERE state = 'sending';
+CREATE INDEX IF NOT EXISTS trimail_jobs_finished ON trimail_jobs (finished_at)
+    WHERE finished_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS trimail_idempotency (
+    owner TEXT NOT NULL,
+    key TEXT NOT NULL,
+    fingerprint {blob} NOT NULL,
+    answer TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (owner, key)
+);
+CREATE INDEX IF NOT EXISTS trimail_idempotency_age ON trimail_idempotency (created_at);
+CREATE TABLE IF NOT EXISTS trimail_totals (
+    id INTEGER PRIMARY KEY,
+    jobs BIGINT NOT NULL,
+    bytes BIGINT NOT NULL
+);
+INSERT INTO trimail_totals (id, jobs, bytes) VALUES (1, 0, 0) ON CONFLICT DO NOTHING
+"""
+CLAIM = """
+UPDATE trimail_jobs
+SET state = 'sending', attempts = attempts + 1, lease_until = :lease_until, updated_at = :now
+WHERE id IN (
+    SELECT id FROM trimail_jobs
+    WHERE (state IN ('queued', 'retrying') AND next_attempt_at <= :now)
+       OR (state = 'sending' AND lease_until <= :now)
+    ORDER BY next_attempt_at LIMIT :limit {skip_locked}
+)
+RETURNING id, owner, attempts, created_at, payload, pending, delivered, refused
+"""
+INSERT_JOB = """
+INSERT INTO trimail_jobs (id, owner, state, attempts, created_at, updated_at, next_attempt_at,
+                          size, payload, pending, delivered, refused)
+VALUES (:id, :owner, 'queued', 0, :created_at, :created_at, :created_at,
+        :size, :payload, :pending, '[]', '{}')
+"""
+FINISH = """
+UPDATE trimail_jobs
+SET state = :state, updated_at = :at, finished_at = :at, next_attempt_at = NULL,
+    lease_until = NULL, payload = NULL, pending = '[]', delivered = :delivered,
+    refused = :refused, last_error = :last_error, last_error_code = :last_error_code
+WHERE id = :id AND attempts = :attempt AND state = 'sending'
+RETURNING size
+"""
+RETRY = """
+UPDATE trimail_jobs
+SET state = 'retrying', updated_at = :at, next_attempt_at = :next_attempt_at,
+    lease_until = NULL, pending = :pending, delivered = :delivered, refused = :refused,
+    last_error = :last_error, last_error_code = :last_error_code
+WHERE id = :id AND attempts = :attempt AND state = 'sending'
+"""
+RELEASE = """
+UPDATE trimail_jobs
+SET state = CASE WHEN attempts > 1 THEN 'retrying' ELSE 'queued' END,
+    attempts = attempts - 1, lease_until = NULL, updated_at = :now
+WHERE id = :id AND attempts = :attempt AND state = 'sending'
+"""
+STATUS = """
+SELECT id, owner, state, attempts, created_at, updated_at, last_error_code, last_error,
+       refused, finished_at
+FROM trimail_jobs WHERE id = :id
+"""
+
+Row = tuple[Any, ...]
+
+
+class Cursor(Protocol):
+    """What both drivers' cursors offer: DB-API ``execute`` and the fetches."""
+
+    def execute(self, sql: str, params: Any = ..., /) -> Any: ...
+    def executemany(self, sql: str, params: Any, /) -> Any: ...
+    def fetchone(self) -> Row | None: ...
+    def fetchall(self) -> list[Row]: ...
+
+
+class Driver(Protocol):
+    """A database: its dialect, its connections and transactions, its errors."""
+
+    kind: str
+    #: Exceptions meaning "the database cannot be reached or used now".
+    unavailable: tuple[type[BaseException], ...]
+    #: Limits the threads that wait on the database at once.
+    write_limiter: trio.CapacityLimiter
+    read_limiter: trio.CapacityLimiter
+
+    def sql(self, text: str) -> str:
+        """``text`` (named ``:params``, ``{blob}``, ``{skip_locked}``) in this dialect."""
+        ...
+
+    def write(self) -> AbstractContextManager[Cursor]:
+        """A transaction that may write; committed when the block ends without error."""
+        ...
+
+    def read(self) -> AbstractContextManager[Cursor]:
+        """A cursor for reads."""
+        ...
+
+    def lock_totals(self) -> str:
+        """The statement that reads ``trimail_totals`` under the submission lock."""
+        ...
+
+    def lock_schema(self, cursor: Cursor) -> None:
+        """Serialize schema setup with other instances (within the transaction)."""
+        ...
+
+    def notify(self, cursor: Cursor) -> None:
+        """Tell other instances that work was added (within the transaction)."""
+        ...
+
+    async def watch(self, wake: Callable[[], None], *, task_status: Any) -> None:
+        """Call ``wake`` when another instance notifies; see JobStore.watch."""
+        ...
+
+    def close(self) -> None: ...
+
+
+T = TypeVar("T")
+
+
+class SQLStore:
+    """A :class:`~trimail.store.base.JobStore` over a :class:`Driver`."""
+
+    durable = True
+
+    def __init__(self, driver: Driver, limits: Limits) -> None:
+        self.driver = driver
+        self.kind = driver.kind
+        self.limits = limits
+        self._q = {name: driver.sql(text) for name, text in _STATEMENTS.items()}
+        self._submit = GroupCommit(self._guard(self._submit_many), driver.write_limiter)
+        self._record = GroupCommit(self._guard(self._record_many), driver.write_limiter)
+
+    # -- setup ------------------------------------------------------------------------
+
+    def create_schema(self, where: str) -> None:
+        """Create the tables, or check that their version is one this code knows."""
+        with self.driver.write() as cursor:
+            self.driver.lock_schema(cursor)  # instances starting together take turns
+            cursor.execute(
+                "CREATE TABLE IF NOT EXISTS trimail_meta (name TEXT PRIMARY KEY, value TEXT)"
+            )
+            cursor.execute(self.driver.sql("SELECT value FROM trimail_meta WHERE name = :name"),
+                           {"name": "schema_version"})  # fmt: skip
+            row = cursor.fetchone()
+            if row is not None and int(row[0]) > SCHEMA_VERSION:
+                raise ConfigurationError(
+                    f"the store at {where} has schema version {row[0]}, newer than this "
+                    f"trimail knows ({SCHEMA_VERSION}): run a newer trimail against it"
+                )
+            for statement in self.driver.sql(SCHEMA).split(";"):
+                if statement.strip():
+                    cursor.execute(statement)
+            if row is None:
+                cursor.execute(
+                    self.driver.sql("INSERT INTO trimail_meta (name, value) VALUES (:n, :v)"),
+                    {"n": "schema_version", "v": str(SCHEMA_VERSION)},
+                )
+
+    # -- the store interface: each call runs its sync half in a thread ------------------
+
+    async def submit(self, submission: Submission, now: float) -> Replay | None:
+        return await self._submit((submission, now))
+
+    async def record(self, results: Sequence[AttemptResult]) -> None:
+        if results:
+            await self._record(results)
+
+    async def replay(self, owner: str | None, key: str, now: float) -> Replay | None:
+        return await self._read(self._replay_sync, owner or "", key, now)
+
+    async def claim(self, limit: int, now: float, lease_until: float) -> list[ClaimedJob]:
+        return await self._write(self._claim_sync, limit, now, lease_until)
+
+    async def release(self, jobs: Sequence[ClaimedJob], now: float) -> None:
+        if jobs:
+            await self._write(self._release_sync, jobs, now)
+
+    async def status(self, job_id: str, now: float) -> JobStatus | None:
+        return await self._read(self._status_sync, job_id, now)
+
+    async def unfinished(self, job_ids: Sequence[str]) -> dict[str, int]:
+        return await self._read(self._unfinished_sync, list(job_ids))
+
+    async def abandon(self, job_ids: Sequence[str], now: float) -> None:
+        """Durable: the jobs stay queued for the next start."""
+
+    async def stats(self) -> StoreStats:
+        return await self._read(self._stats_sync)
+
+    async def next_due(self) -> float | None:
+        return await self._read(self._next_due_sync)
+
+    async def prune(self, now: float) -> int:
+        return await self._write(self._prune_sync, now)
+
+    async def watch(self, wake: Callable[[], None], *, task_status: Any) -> None:
+        await self.driver.watch(wake, task_status=task_status)
+
+    async def aclose(self) -> None:
+        await trio.to_thread.run_sync(self.driver.close)
+
+    async def _read(self, function: Callable[..., T], *args: Any) -> T:
+        return await trio.to_thread.run_sync(
+            self._guard(function), *args, limiter=self.driver.read_limiter
+        )
+
+    async def _write(self, function: Callable[..., T], *args: Any) -> T:
+        return await trio.to_thread.run_sync(
+            self._guard(function), *args, limiter=self.driver.write_limiter
+        )
+
+    def _guard(self, function: Callable[..., T]) -> Callable[..., T]:
+        """``function``, raising :class:`StoreUnavailable` for the driver's connection errors."""
+
+        def guarded(*args: Any) -> T:
+            try:
+                return function(*args)
+            except self.driver.unavailable as exc:
+                detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                raise StoreUnavailable(
+                    "the job store is unavailable; nothing was stored; retry after the delay given",
+                    detail=f"{type(exc).__name__}: {detail}",
+                ) from exc
+
+        return guarded
+
+    # -- the synchronous halves, in threads ------------------------------------------------
+
+    def _submit_many(
+        self, batch: Sequence[tuple[Submission, float]]
+    ) -> list[Replay | BaseException | None]:
+        outcomes: list[Replay | BaseException | None] = []
+        with self.driver.write() as cursor:
+            cursor.execute(self.driver.lock_totals())
+            jobs, size = cursor.fetchone() or (0, 0)
+            added = False
+            for submission, now in batch:
+                try:
+                    replay = self._check_key(cursor, submission, now)
+                    if replay is None:
+                        count = len(submission.jobs)
+                        need = sum(job.size for job in submission.jobs)
+                        if (
+                            jobs + count > self.limits.max_jobs
+                            or size + need > self.limits.max_bytes
+                        ):
+                            raise queue_full(
+                                count, self.limits.max_jobs, need, self.limits.max_bytes
+                            )
+                        self._insert(cursor, submission, now)
+                        jobs, size, added = jobs + count, size + need, True
+                    outcomes.append(replay)
+                except (QueueFull, IdempotencyKeyReused) as exc:  # this submission's alone
+                    outcomes.append(exc)
+            cursor.execute(self._q["set_totals"], {"jobs": jobs, "bytes": size})
+            if added:
+                self.driver.notify(cursor)
+        return outcomes
+
+    def _check_key(self, cursor: Cursor, submission: Submission, now: float) -> Replay | None:
+        claim = submission.idempotency
+        if claim is None:
+            return None
+        params = {"owner": submission.owner or "", "key": claim.key}
+        cursor.execute(self._q["get_key"], params)
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        fingerprint, answer, created_at = row
+        if created_at <= now - self.limits.idempotency_ttl:
+            cursor.execute(self._q["drop_key"], params)  # expired: the key is free again
+            return None
+        if bytes(fingerprint) != claim.fingerprint:
+            raise IdempotencyKeyReused()
+        return Replay(claim.fingerprint, json.loads(answer))
+
+    def _insert(self, cursor: Cursor, submission: Submission, now: float) -> None:
+        cursor.executemany(
+            self._q["insert_job"],
+            [
+                {
+                    "id": job.id,
+                    "owner": job.owner or "",
+                    "created_at": job.created_at,
+                    "size": job.size,
+                    "payload": payload.encode(job.request),
+                    "pending": json.dumps(job.recipients),
+                }
+                for job in submission.jobs
+            ],
+        )
+        claim = submission.idempotency
+        if claim is not None:
+            cursor.execute(
+                self._q["insert_key"],
+                {"owner": submission.owner or "", "key": claim.key, "now": now,
+                 "fingerprint": claim.fingerprint, "answer": json.dumps(claim.answer)},
+            )  # fmt: skip
+
+    def _record_many(self, batch: Sequence[Sequence[AttemptResult]]) -> list[None]:
+        finished = freed = 0
+        with self.driver.write() as cursor:
+            for result in (r for results in batch for r in results):
+                common = {
+                    "id": result.job_id,
+                    "attempt": result.attempt,
+                    "at": result.at,
+                    "delivered": json.dumps(result.delivered),
+                    "refused": json.dumps(result.refused),
+                    "last_error": result.last_error,
+                    "last_error_code": result.last_error_code,
+                }
+                if result.state in FINAL_STATES:
+                    cursor.execute(self._q["finish"], {**common, "state": result.state.value})
+                    row = cursor.fetchone()
+                    if row is not None:
+                        finished, freed = finished + 1, freed + int(row[0])
+                else:
+                    cursor.execute(
+                        self._q["retry"],
+                        {**common, "next_attempt_at": result.next_attempt_at,
+                         "pending": json.dumps(result.pending)},
+                    )  # fmt: skip
+            if finished:
+                cursor.execute(self._q["free_totals"], {"jobs": finished, "bytes": freed})
+        return [None] * len(batch)
+
+    def _claim_sync(self, limit: int, now: float, lease_until: float) -> list[ClaimedJob]:
+        with self.driver.write() as cursor:
+            cursor.execute(
+                self._q["claim"], {"limit": limit, "now": now, "lease_until": lease_until}
+            )
+            rows = cursor.fetchall()
+        rows.sort(key=lambda row: row[3])  # RETURNING has no order: oldest first
+        return [
+            ClaimedJob(
+                id=job_id,
+                owner=owner or None,
+                attempt=attempt,
+                created_at=created_at,
+                request=payload.decode(bytes(data)),
+                pending=tuple(json.loads(pending)),
+                delivered=tuple(json.loads(delivered)),
+                refused=json.loads(refused),
+            )
+            for job_id, owner, attempt, created_at, data, pending, delivered, refused in rows
+        ]
+
+    def _release_sync(self, jobs: Sequence[ClaimedJob], now: float) -> None:
+        with self.driver.write() as cursor:
+            cursor.executemany(
+                self._q["release"], [{"id": j.id, "attempt": j.attempt, "now": now} for j in jobs]
+            )
+            self.driver.notify(cursor)
+
+    def _replay_sync(self, owner: str, key: str, now: float) -> Replay | None:
+        with self.driver.read() as cursor:
+            cursor.execute(self._q["get_key"], {"owner": owner, "key": key})
+            row = cursor.fetchone()
+        if row is None or row[2] <= now - self.limits.idempotency_ttl:
+            return None
+        return Replay(bytes(row[0]), json.loads(row[1]))
+
+    def _status_sync(self, job_id: str, now: float) -> JobStatus | None:
+        with self.driver.read() as cursor:
+            cursor.execute(self._q["status"], {"id": job_id})
+            row = cursor.fetchone()
+        if row is None:
+            return None
+        job_id, owner, state, attempts, created, updated, code, error, refused, finished = row
+        if finished is not None and finished <= now - self.limits.status_ttl:
+            return None
+        return JobStatus(job_id, owner or None, JobState(state), attempts, created, updated,
+                         code, error, json.loads(refused) or None)  # fmt: skip
+
+    def _unfinished_sync(self, job_ids: list[str]) -> dict[str, int]:
+        found: dict[str, int] = {}
+        with self.driver.read() as cursor:
+            for start in range(0, len(job_ids), CHUNK):
+                chunk = job_ids[start : start + CHUNK]
+                marks = ", ".join(f":i{n}" for n in range(len(chunk)))
+                # Only the placeholders are built here; the ids are parameters.
+                query = f"SELECT id, attempts FROM trimail_jobs WHERE id IN ({marks}) AND state IN "  # noqa: S608
+                query += OPEN
+                cursor.execute(
+                    self.driver.sql(query), {f"i{n}": job_id for n, job_id in enumerate(chunk)}
+                )
+                found.update((job_id, int(attempts)) for job_id, attempts in cursor.fetchall())
+        return found
+
+    def _stats_sync(self) -> StoreStats:
+        with self.driver.read() as cursor:
+            cursor.execute(self._q["count_open"])
+            counts = {state: int(count) for state, count in cursor.fetchall()}
+            cursor.execute("SELECT bytes FROM trimail_totals WHERE id = 1")
+            row = cursor.fetchone()
+        return StoreStats(counts.get("queued", 0), counts.get("sending", 0),
+                          counts.get("retrying", 0), int(row[0]) if row else 0)  # fmt: skip
+
+    def _next_due_sync(self) -> float | None:
+        with self.driver.read() as cursor:
+            cursor.execute(self._q["next_due"])
+            row = cursor.fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def _prune_sync(self, now: float) -> int:
+        limits, removed = self.limits, 0
+        with self.driver.write() as cursor:
+            for name, params in (
+                ("prune_jobs", {"cutoff": now - limits.status_ttl}),
+                ("prune_keys", {"cutoff": now - limits.idempotency_ttl}),
+                ("trim_jobs", {"keep": limits.status_max_jobs}),
+                ("trim_keys", {"keep": limits.idempotency_max_keys}),
+            ):
+                cursor.execute(self._q[name], {**params, "batch": PRUNE_BATCH})
+                removed += max(0, _rowcount(cursor))
+        return removed
+
+
+def _rowcount(cursor: Any) -> int:
+    return int(getattr(cursor, "rowcount", 0) or 0)
+
+
+_STATEMENTS = {
+    "claim": CLAIM,
+    "insert_job": INSERT_JOB,
+    "finish": FINISH,
+    "retry": RETRY,
+    "release": RELEASE,
+    "status": STATUS,
+    "set_totals": "UPDATE trimail_totals SET jobs = :jobs, bytes = :bytes WHERE id = 1",
+    "free_totals": "UPDATE trimail_totals SET jobs = jobs - :jobs, bytes = bytes - :bytes "
+    "WHERE id = 1",
+    "get_key": "SELECT fingerprint, answer, created_at FROM trimail_idempotency "
+    "WHERE owner = :owner AND key = :key",
+    "drop_key": "DELETE FROM trimail_idempotency WHERE owner = :owner AND key = :key",
+    "insert_key": "INSERT INTO trimail_idempotency (owner, key, fingerprint, answer, created_at) "
+    "VALUES (:owner, :key, :fingerprint, :answer, :now)",
+    "next_due": "SELECT min(next_attempt_at) FROM trimail_jobs "
+    "WHERE state IN ('queued', 'retrying')",
+    "count_open": "SELECT state, count(*) FROM trimail_jobs "
+    "WHERE state IN ('queued', 'sending', 'retrying') GROUP BY state",
+    "prune_jobs": "DELETE FROM trimail_jobs WHERE id IN (SELECT id FROM trimail_jobs "
+    "WHERE finished_at IS NOT NULL AND finished_at <= :cutoff LIMIT :batch)",
+    "prune_keys": "DELETE FROM trimail_idempotency WHERE (owner, key) IN (SELECT owner, key "
+    "FROM trimail_idempotency WHERE created_at <= :cutoff LIMIT :batch)",
+    "trim_jobs": "DELETE FROM trimail_jobs WHERE id IN (SELECT id FROM trimail_jobs "
+    "WHERE finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT :batch OFFSET :keep)",
+    "trim_keys": "DELETE FROM trimail_idempotency WHERE (owner, key) IN (SELECT owner, key "
+    "FROM trimail_idempotency ORDER BY created_at DESC LIMIT :batch OFFSET :keep)",
+}
