@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -196,10 +197,15 @@ def new_delivery(
     queue_size: int = 10_000,
     **kwargs: Any,
 ) -> Delivery:
-    """A dispatcher on ``store`` (a new memory store by default), not started yet."""
+    """A dispatcher on ``store`` (a new memory store by default), not started yet.
+
+    Unless told otherwise, attempts have no deadline: under trio's autojump
+    clock, time would leap to it while a thread sends.
+    """
     store = store or MemoryStore(memory_limits(queue_size))
     ledger = Ledger()
     kwargs.setdefault("clock", trio_clock)
+    kwargs.setdefault("attempt_deadline", math.inf)
     dispatcher = Dispatcher(store, transport_factory, ledger=ledger, **kwargs)
     intake = Intake(store, ledger, grace=dispatcher.grace, clock=kwargs["clock"])
     intake.on_accept = dispatcher.wake

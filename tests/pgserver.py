@@ -47,6 +47,10 @@ class PostgresServer:
             shutil.chown(self.root, "postgres")
         self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres",
                   "-E", "UTF8", "--no-sync")  # fmt: skip
+        self.resume()
+
+    def resume(self) -> None:
+        """Start the server (again), on the same port and data."""
         options = (
             f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} "
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
@@ -54,6 +58,14 @@ class PostgresServer:
         )
         self._run("pg_ctl", "-D", str(self.data), "-o", options, "-w", "-t", "60",
                   "-l", str(self.root / "server.log"), "start")  # fmt: skip
+
+    def pause(self) -> None:
+        """Stop the server, keeping its data: the store becomes unreachable.
+
+        A fast (clean) stop: with fsync and synchronous_commit off, an immediate one
+        could lose the last commits, which this cluster trades for speed.
+        """
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
 
     def _run(self, program: str, *args: str) -> None:
         command = [str(self.binaries / program), *args]

@@ -111,9 +111,9 @@ class ScriptedHandler:
 class SMTPTestServer:
     """Runs :class:`ScriptedHandler` on 127.0.0.1 at a free port."""
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, port: int = 0, **kwargs: Any) -> None:
         self.handler = ScriptedHandler()
-        self._controller = _AnyPort(self.handler, hostname="127.0.0.1", port=0, **kwargs)
+        self._controller = _AnyPort(self.handler, hostname="127.0.0.1", port=port, **kwargs)
 
     def start(self) -> None:
         self._controller.start()

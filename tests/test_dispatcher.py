@@ -6,8 +6,10 @@ take milliseconds; every job's fate is read from the ledger of final log lines.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,8 +19,17 @@ from trimail.config import SMTPSecurity
 from trimail.delivery.retry import RetryPolicy
 from trimail.delivery.transport import SMTPTransport, Transport, make_tls_context
 from trimail.models import SendRequest
+from trimail.store import JobState, open_store
 
-from .conftest import Delivery, drained, final_lines, new_delivery, running_dispatcher, wait_until
+from .conftest import (
+    Delivery,
+    drained,
+    final_lines,
+    memory_limits,
+    new_delivery,
+    running_dispatcher,
+    wait_until,
+)
 from .smtpserver import SMTPTestServer
 
 LONGEST = RetryPolicy(base_delay=10, max_delay=1000, max_attempts=5, uniform=lambda lo, hi: hi)
@@ -219,3 +230,61 @@ async def test_submit_refuses_when_full_or_closing(closed_port: int) -> None:
         with pytest.raises(ShuttingDown):
             await dispatcher.submit(message())
         dispatcher.dispatcher.stop_now()
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_a_40_second_outage_loses_nothing_with_the_default_retries(
+    closed_port: int,
+    autojump_clock: trio.testing.MockClock,
+    tmp_path: Path,
+    caplog: Any,
+    kind: str,
+) -> None:
+    """The provider is down for 40 s (virtual): with the default policy the mail still arrives."""
+    store = await open_store("memory" if kind == "memory" else f"sqlite://{tmp_path}/spool.db",
+                             memory_limits())  # fmt: skip
+    async with running_dispatcher(smtp_factory(closed_port), store=store, retry=RetryPolicy()) as d:
+        job = await d.submit(message())
+        started = trio.current_time()
+        # Refused, again and again, with the backoff growing; virtual time moves with the
+        # retries (a sleep here would be leapt to while an attempt's thread runs).
+        await wait_until(lambda: trio.current_time() - started >= 40)
+        status = await d.status(job.id)
+        assert status.state in (JobState.RETRYING, JobState.SENDING)  # not given up
+        assert status.attempts >= 4
+        provider = SMTPTestServer(port=closed_port)
+        provider.start()
+        try:
+            await drained(d)
+        finally:
+            provider.stop()
+        attempts = await d.attempts(job.id)
+    await store.aclose()
+    assert final_lines(caplog) == {job.id: ["sent"]}
+    assert len(provider.received) == 1
+    assert attempts > 5  # more than the old default allowed before giving up
+
+
+async def test_an_attempt_past_its_deadline_is_cut_and_retried(
+    smtp_server: SMTPTestServer, caplog: Any
+) -> None:
+    """A provider holding the message past the attempt deadline: cut, logged as such, retried.
+
+    Real time: the deadline is 1.08 s (a lease of 1.2 s less a tenth).
+    """
+    smtp_server.hold("RCPT")
+    quick = RetryPolicy(base_delay=0.05, max_delay=0.05)
+    delivery = new_delivery(smtp_factory(smtp_server.port), workers=1, retry=quick,
+                            lease_seconds=1.2, clock=time.time, attempt_deadline=None)  # fmt: skip
+    async with trio.open_nursery() as nursery:
+        await nursery.start(delivery.run)
+        job = await delivery.submit(message())
+        await wait_until(lambda: smtp_server.holding)
+        await wait_until(lambda: delivery.counts(retrying=1))  # cut, not waiting for the release
+        smtp_server.release()
+        await drained(delivery)
+        nursery.start_soon(delivery.shutdown)
+    attempts = [r.getMessage() for r in caplog.records if getattr(r, "event", "") == "attempt"]
+    assert "cut at its deadline (1 s)" in attempts[0]
+    assert final_lines(caplog) == {job.id: ["sent"]}
+    assert len(smtp_server.received) == 1

@@ -49,10 +49,13 @@ class Maintenance:
         last_prune = trio.current_time()
         while True:
             await trio.sleep(STATS_INTERVAL)
-            await self.refresh()
-            if trio.current_time() - last_prune >= PRUNE_INTERVAL:
-                last_prune = trio.current_time()
-                await self.prune()
+            try:
+                await self.refresh()
+                if trio.current_time() - last_prune >= PRUNE_INTERVAL:
+                    last_prune = trio.current_time()
+                    await self.prune()
+            except Exception:  # housekeeping must not take the instance down; try again later
+                log.exception("housekeeping failed")
 
     async def current(self) -> StoreStats:
         """The latest counts: counted now if that costs no I/O (memory), else the last count."""

@@ -11,7 +11,9 @@ Lifetimes, all inside the one nursery that :meth:`Dispatcher.run` opens:
 - *workers* (``workers`` of them) each own a :class:`~trimail.delivery.transport.
   Transport`, run one attempt at a time in a thread, and record in the store
   where the attempt left the job;
-- the *watcher* relays the store's notifications (PostgreSQL LISTEN) to the claimer.
+- the *watcher* relays the store's notifications (PostgreSQL LISTEN) to the claimer;
+- the *watchdog* cuts an attempt still running at its deadline, a little before its
+  claim's lease ends, so that no other instance takes the job while it is sent.
 
 A retry is not a task: it is the job's next-attempt time in the store.
 
@@ -35,7 +37,7 @@ from collections.abc import Callable
 
 import trio
 
-from ..errors import DeliveryError, StoreUnavailable
+from ..errors import DeliveryError, StoreUnavailable, TransientDeliveryError
 from ..ledger import Closing, Ledger, settle
 from ..store import AttemptResult, ClaimedJob, JobState, JobStore
 from . import outcomes
@@ -54,6 +56,9 @@ STORE_RETRY_DELAY = 1.0
 MIN_POLL = 0.01
 #: Seconds the closing bookkeeping at shutdown may take (a few store calls).
 SETTLE_TIMEOUT = 10.0
+#: Seconds between an attempt's deadline and the end of its lease (at most a tenth of
+#: the lease): time to record the outcome before another instance may claim the job.
+LEASE_MARGIN = 60.0
 
 
 class Observer:
@@ -76,6 +81,9 @@ class Dispatcher:
     """Delivers the store's due jobs in the background; see the module docstring.
 
     ``clock`` gives Unix seconds (tests pass one driven by trio's clock).
+    ``attempt_deadline`` defaults to the lease less a margin to record the
+    outcome; ``math.inf`` turns the watchdog off (tests on trio's autojump
+    clock, which leaps over a thread's real time to the next deadline).
     """
 
     def __init__(
@@ -91,6 +99,7 @@ class Dispatcher:
         observer: Observer | None = None,
         clock: Callable[[], float] = time.time,
         poll_interval: float = 1.0,
+        attempt_deadline: float | None = None,
     ) -> None:
         self.store = store
         self.ledger = ledger or Ledger()
@@ -101,6 +110,10 @@ class Dispatcher:
         self.observer = observer or Observer()
         self.clock = clock
         self.poll_interval = poll_interval
+        if attempt_deadline is None:
+            attempt_deadline = lease_seconds - min(LEASE_MARGIN, lease_seconds / 10)
+        #: Seconds an attempt may run before the watchdog cuts it (``math.inf``: no limit).
+        self.attempt_deadline = attempt_deadline
         self._transport_factory = transport_factory
         self._send, self._receive = trio.open_memory_channel[ClaimedJob](0)
         # Our own limiter: trio's default one (40 threads) would silently cap the workers.
@@ -108,7 +121,9 @@ class Dispatcher:
         self._active = 0  # jobs handed to a worker and not yet recorded
         self._room = trio.Event()
         self._wake = trio.Event()
-        self._in_flight: dict[Transport, ClaimedJob] = {}
+        self._in_flight: dict[Transport, tuple[ClaimedJob, float]] = {}  # (job, trio deadline)
+        self._attempt_added = trio.Event()
+        self._expired: set[str] = set()
         self._cut: set[str] = set()
         self._cutting = False
         self._started = False
@@ -138,28 +153,31 @@ class Dispatcher:
         cut, and every job still open here gets its closing line before it returns.
         """
         try:
-            async with trio.open_nursery() as nursery:
+            async with trio.open_nursery() as nursery:  # the claimer, watcher and watchdog
                 self._nursery = nursery
-                try:
-                    for number in range(self.workers):
-                        nursery.start_soon(
-                            self._worker, self._receive.clone(), name=f"trimail-worker-{number}"
-                        )
-                    self._receive.close()  # the workers' clones keep the queue open
-                    nursery.start_soon(self._claimer, name="trimail-claimer")
-                    self._started = True
-                    task_status.started()  # before any checkpoint, so a worker cannot fail first
-                    nursery.start_soon(self._watch, name="trimail-watcher")
-                    await self._closing.wait()
-                    await self._stop_taking_work()
-                    with trio.move_on_after(self.grace) as self._grace_scope:
-                        await self._drained.wait()
-                    if self._drained.is_set():
-                        self._claims.cancel()
-                        await self._send.aclose()  # workers see the end of the queue and finish
-                finally:
-                    if not self._drained.is_set():  # grace over, or we were cancelled
-                        self._abort(nursery)
+                nursery.start_soon(self._claimer, name="trimail-claimer")
+                async with trio.open_nursery() as workers:
+                    try:
+                        for number in range(self.workers):
+                            workers.start_soon(
+                                self._worker, self._receive.clone(), name=f"trimail-worker-{number}"
+                            )
+                        self._receive.close()  # the workers' clones keep the queue open
+                        self._started = True
+                        task_status.started()  # before any checkpoint: no worker can fail first
+                        nursery.start_soon(self._watch, name="trimail-watcher")
+                        nursery.start_soon(self._watchdog, name="trimail-watchdog")
+                        await self._closing.wait()
+                        await self._stop_taking_work()
+                        with trio.move_on_after(self.grace) as self._grace_scope:
+                            await self._drained.wait()
+                        if self._drained.is_set():
+                            self._claims.cancel()
+                            await self._send.aclose()  # workers see the end and finish
+                    finally:
+                        if not self._drained.is_set():  # grace over, or we were cancelled
+                            self._abort(nursery)
+                nursery.cancel_scope.cancel()  # no worker is left for the helpers to serve
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(SETTLE_TIMEOUT):
                 await settle(self.store, self.ledger, self.clock(), self._cut)
@@ -235,7 +253,7 @@ class Dispatcher:
         for job in jobs:
             try:
                 self._send.send_nowait(job)
-            except trio.WouldBlock:  # a worker left (shutdown): the job goes back
+            except (trio.WouldBlock, trio.ClosedResourceError):  # shutdown: the job goes back
                 unplaced.append(job)
                 continue
             self._active += 1
@@ -259,6 +277,27 @@ class Dispatcher:
 
     async def _watch(self) -> None:
         await self.store.watch(self.wake, task_status=trio.TASK_STATUS_IGNORED)
+
+    async def _watchdog(self) -> None:
+        """Sleep until the oldest attempt's deadline; cut every attempt past its own.
+
+        Attempts are all given the same time, so the oldest (the first in
+        ``_in_flight``, which keeps insertion order) always ends first.
+        """
+        while True:
+            watched = (deadline for job, deadline in self._in_flight.values()
+                       if job.id not in self._expired and deadline < math.inf)  # fmt: skip
+            with trio.move_on_at(next(watched, math.inf)):
+                await self._attempt_added.wait()
+                self._attempt_added = trio.Event()
+                continue
+            now = trio.current_time()
+            for transport, (job, deadline) in list(self._in_flight.items()):
+                if deadline > now:
+                    break
+                if job.id not in self._expired:
+                    self._expired.add(job.id)
+                    transport.abort()  # the thread returns with an error; see _deliver
 
     def _store_down(self, exc: StoreUnavailable) -> None:
         if self.store_error is None:
@@ -292,7 +331,9 @@ class Dispatcher:
     async def _deliver(self, job: ClaimedJob, transport: Transport) -> None:
         """One attempt, then its result recorded in the store (shielded: it must not be lost)."""
         started = trio.current_time()
-        self._in_flight[transport] = job
+        if not self._in_flight:
+            self._attempt_added.set()  # the watchdog had nothing to watch
+        self._in_flight[transport] = (job, started + self.attempt_deadline)
         try:
             try:
                 # Not abandoned on cancel: the outcome of a send must be known before it
@@ -300,12 +341,18 @@ class Dispatcher:
                 sent = await trio.to_thread.run_sync(
                     _send_in_thread, transport, job, limiter=self._threads
                 )
-            except DeliveryError as error:
+            except DeliveryError as failure:
                 if self._cutting:  # our own shutdown cut it: not the provider's doing
                     self._cut.add(job.id)
                     self.ledger.attempt(job.id, job.attempt, "cut by trimail's shutdown", None,
                                         trio.current_time() - started)  # fmt: skip
                     return
+                error = failure
+                if job.id in self._expired:
+                    error = TransientDeliveryError(
+                        f"the attempt was cut at its deadline ({self.attempt_deadline:.0f} s); "
+                        "the provider may already have the message"
+                    )
                 attempted = outcomes.after_failure(job, error, self.retry, self.clock())
             else:
                 attempted = outcomes.after_send(job, sent, self.retry, self.clock())
@@ -315,6 +362,7 @@ class Dispatcher:
             attempted = outcomes.Attempted(result, "internal error", "permanent", None, "")
         finally:
             del self._in_flight[transport]
+            self._expired.discard(job.id)
         duration = trio.current_time() - started
         self.ledger.attempt(job.id, job.attempt, attempted.line, attempted.smtp_code, duration,
                             attempted.detail)  # fmt: skip
