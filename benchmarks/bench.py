@@ -542,6 +542,7 @@ class RunSpec:
     sink: str
     rate: float
     duration: float
+    store: str = "memory"  # trimail's TRIMAIL_STORE kind: memory, sqlite or postgresql
     workers: int = 256  # trimail delivery workers (per process)
     queue_size: int = 10_000  # trimail queue (per process)
     naive_threads: int = 256
@@ -562,7 +563,8 @@ class RunSpec:
         procs = f", hypercorn -w {self.hypercorn_workers}" if self.hypercorn_workers else ""
         if self.target == "trimail":
             per = "/proc" if self.hypercorn_workers > 1 else ""
-            return f"W={self.workers}{per} Q={self.queue_size}{per}{procs}"
+            store = "" if self.store == "memory" else f" {self.store}"
+            return f"W={self.workers}{per} Q={self.queue_size}{per}{procs}{store}"
         if self.target == "ceiling":
             return f"1 proc{procs}" if not procs else procs[2:]
         if self.target == "fastapi-mail":
@@ -611,6 +613,28 @@ def percentile(sorted_values: Sequence[float], pct: float) -> float:
     return sorted_values[rank - 1]
 
 
+def store_url(spec: RunSpec, opts: argparse.Namespace, logdir: Path) -> str:
+    """A fresh store for one run: a new SQLite file, or a new PostgreSQL database."""
+    if spec.store == "sqlite":
+        return f"sqlite://{logdir / ('spool-' + secrets.token_hex(4) + '.db')}"
+    if spec.store == "postgresql":
+        return str(postgres(opts).database())
+    return "memory"
+
+
+def postgres(opts: argparse.Namespace) -> Any:
+    """The run's PostgreSQL cluster (fsync and synchronous commit on), started on first use."""
+    if getattr(opts, "postgres", None) is None:
+        sys.path.insert(0, str(REPO))
+        from tests.pgserver import PostgresServer, find_binaries
+
+        binaries = find_binaries()
+        if binaries is None:
+            raise RuntimeError("PostgreSQL server binaries are missing (Debian's postgresql)")
+        opts.postgres = PostgresServer(binaries, durable=True)
+    return opts.postgres
+
+
 def uvicorn_flavour() -> str:
     """What uvicorn will pick with --loop auto --http auto in this environment."""
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
@@ -619,9 +643,9 @@ def uvicorn_flavour() -> str:
 
 
 def server_command(
-    spec: RunSpec, http_port: int, smtp_port: int
+    spec: RunSpec, http_port: int, smtp_port: int, store: str = "memory"
 ) -> tuple[list[str], dict[str, str], Path | None]:
-    """(argv, environment, working directory) of the server for ``spec``."""
+    """(argv, environment, working directory) of the server for ``spec``; ``store`` its URL."""
     py = sys.executable
     bind = f"{LOOPBACK}:{http_port}"
     hypercorn = [py, "-m", "hypercorn", "--worker-class", "trio", "--backlog", str(BACKLOG)]
@@ -634,6 +658,7 @@ def server_command(
             "workers": str(spec.workers),
             "queue_size": str(spec.queue_size),
             "log_level": "WARNING",
+            "store": store,
         }
         if spec.hypercorn_workers:
             env = server_env({f"TRIMAIL_{k.upper()}": v for k, v in settings.items()})
@@ -705,7 +730,7 @@ async def run_one(
     stem = f"{spec.target}-{spec.sink}-{spec.rate:g}-{run_id}"
     sink_log_path, server_log_path = logdir / f"{stem}-sink.log", logdir / f"{stem}-server.log"
     sink = SinkMonitor()
-    command, env, cwd = server_command(spec, http_port, smtp_port)
+    command, env, cwd = server_command(spec, http_port, smtp_port, store_url(spec, opts, logdir))
     with sink_log_path.open("wb") as sink_log, server_log_path.open("wb") as server_log:
         async with (
             trio.open_nursery() as nursery,
@@ -1041,7 +1066,8 @@ def table_rows(results: Sequence[RunResult]) -> list[list[str]]:
     rows = []
     for r in results:
         s = r.spec
-        head = [s.target, s.sink_label, s.setup, _num(s.rate, 0)]
+        target = s.target if s.store == "memory" else f"{s.target} ({s.store})"
+        head = [target, s.sink_label, s.setup, _num(s.rate, 0)]
         if r.failed is not None:
             rows.append([*head, *(["-"] * (len(COLUMNS) - len(head) - 1)), "failed"])
             continue
@@ -1218,7 +1244,8 @@ def matrix_specs(opts: argparse.Namespace, targets: Sequence[str]) -> list[RunSp
     specs = []
     for target in targets:
         for sink in opts.sinks:
-            specs.append(base_spec(target, sink, opts))
+            stores = opts.stores if target == "trimail" else ["memory"]
+            specs.extend(base_spec(target, sink, opts, store=store) for store in stores)
             if target == "ceiling":
                 break  # it never talks to the sink: one row is the same as three
     return specs
@@ -1424,6 +1451,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--uvicorn-workers", type=int, default=1, help="fastapi-mail processes")
     parser.add_argument(
+        "--stores", default="memory", help="trimail's stores: memory, sqlite, postgresql"
+    )
+    parser.add_argument(
         "--slow-delay", "--delay", type=float, default=1.0, help="slow sink: seconds per mail"
     )
     parser.add_argument("--fail-every", type=int, default=10, help="flaky sink: 451 every n-th")
@@ -1485,6 +1515,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     opts = parser.parse_args(argv)
     opts.targets = [t.strip() for t in opts.targets.split(",") if t.strip()]
     opts.sinks = [s.strip() for s in opts.sinks.split(",") if s.strip()]
+    opts.stores = [s.strip() for s in opts.stores.split(",") if s.strip()]
+    if set(opts.stores) - {"memory", "sqlite", "postgresql"} or not opts.stores:
+        parser.error("--stores must name some of memory, sqlite, postgresql")
     if set(opts.targets) - set(TARGETS) or not opts.targets:
         parser.error(f"--targets must name some of {', '.join(TARGETS)}")
     if set(opts.sinks) - set(SINKS) or not opts.sinks:
@@ -1612,6 +1645,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        if getattr(opts, "postgres", None) is not None:
+            opts.postgres.stop()
 
 
 if __name__ == "__main__":

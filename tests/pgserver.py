@@ -36,8 +36,11 @@ def _free_port() -> int:
 class PostgresServer:
     """One cluster; :meth:`database` creates a fresh database and returns its URL."""
 
-    def __init__(self, binaries: Path) -> None:
+    def __init__(self, binaries: Path, durable: bool = False) -> None:
+        """``durable``: fsync and synchronous commits on, as in production (benchmarks);
+        off by default, which tests trade for speed."""
         self.binaries = binaries
+        self.durable = durable
         self.port = _free_port()
         self.root = Path(tempfile.mkdtemp(prefix="trimail-pg-"))
         self.data = self.root / "data"
@@ -51,11 +54,10 @@ class PostgresServer:
 
     def resume(self) -> None:
         """Start the server (again), on the same port and data."""
-        options = (
-            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-            "-c max_connections=200"
-        )
+        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} "
+        options += "-c max_connections=200"
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run("pg_ctl", "-D", str(self.data), "-o", options, "-w", "-t", "60",
                   "-l", str(self.root / "server.log"), "start")  # fmt: skip
 

@@ -64,8 +64,11 @@ def store_kind(url: str) -> str:
             )
         return "sqlite"
     if parts.scheme in POSTGRES_SCHEMES:
-        if not parts.netloc and not parts.query:
-            raise ValueError("a PostgreSQL store needs a host: postgresql://user:pass@host/db")
+        if not (parts.netloc or parts.path.strip("/") or parts.query):
+            raise ValueError(
+                "a PostgreSQL store names a database: postgresql://user:pass@host:port/db, "
+                "or postgresql:///db over the local socket"
+            )
         return "postgresql"
     raise ValueError(
         "must be memory, sqlite:///ABSOLUTE/PATH.db or postgresql://user:pass@host:port/db"

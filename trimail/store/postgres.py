@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -53,6 +54,9 @@ class PostgresDriver:
 
     def __init__(self, url: str) -> None:
         self.url = url
+        #: Sent with this instance's notifications, so that its listener skips them: the
+        #: instance wakes its own claimer directly.
+        self.instance = uuid.uuid4().hex
         self.write_limiter = trio.CapacityLimiter(POOL_SIZE)
         self.read_limiter = self.write_limiter
         self._pool = ConnectionPool(
@@ -79,7 +83,14 @@ class PostgresDriver:
 
     @contextmanager
     def write(self) -> Iterator[Cursor]:
-        with self._pool.connection() as connection, connection.transaction():
+        """A transaction in pipeline mode: statements whose results nobody reads yet go out
+        together, so BEGIN rides with the first query and COMMIT with the last writes.
+        Fewer round trips also mean fewer waits for the GIL in a busy process."""
+        with (
+            self._pool.connection() as connection,
+            connection.pipeline(),
+            connection.transaction(),
+        ):
             yield connection.cursor()
 
     @contextmanager
@@ -94,7 +105,7 @@ class PostgresDriver:
         cursor.execute(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
 
     def notify(self, cursor: Cursor) -> None:
-        cursor.execute(f"NOTIFY {CHANNEL}")
+        cursor.execute(f"NOTIFY {CHANNEL}, '{self.instance}'")
 
     async def watch(self, wake: Callable[[], None], *, task_status: Any) -> None:
         """LISTEN on a connection of its own, in a thread; ``wake`` on each notification.
@@ -109,8 +120,9 @@ class PostgresDriver:
             with psycopg.connect(self.url, autocommit=True) as connection:
                 connection.execute(f"LISTEN {CHANNEL}")
                 while not stop:
-                    for _ in connection.notifies(timeout=LISTEN_POLL, stop_after=1):
-                        trio.from_thread.run_sync(wake, trio_token=token)
+                    for notice in connection.notifies(timeout=LISTEN_POLL, stop_after=1):
+                        if notice.payload != self.instance:
+                            trio.from_thread.run_sync(wake, trio_token=token)
 
         task_status.started()
         try:

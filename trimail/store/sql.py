@@ -300,52 +300,89 @@ class SQLStore:
     def _submit_many(
         self, batch: Sequence[tuple[Submission, float]]
     ) -> list[Replay | BaseException | None]:
+        """Decide every submission under the totals lock, then write all the accepted ones.
+
+        The reads come first (the totals, then every idempotency key of the batch
+        in one query) and the writes after, so that a driver that pipelines its
+        writes (PostgreSQL) sends them, and the COMMIT, in one round trip.
+        """
         outcomes: list[Replay | BaseException | None] = []
+        accepted: list[tuple[Submission, float]] = []
+        expired: list[dict[str, str]] = []
+        limits = self.limits
         with self.driver.write() as cursor:
             cursor.execute(self.driver.lock_totals())
             jobs, size = cursor.fetchone() or (0, 0)
-            added = False
+            known = self._known_keys(cursor, [s for s, _ in batch if s.idempotency])
             for submission, now in batch:
                 try:
-                    replay = self._check_key(cursor, submission, now)
+                    replay = self._replay_for(submission, now, known, expired)
                     if replay is None:
                         count = len(submission.jobs)
                         need = sum(job.size for job in submission.jobs)
-                        if (
-                            jobs + count > self.limits.max_jobs
-                            or size + need > self.limits.max_bytes
-                        ):
-                            raise queue_full(
-                                count, self.limits.max_jobs, need, self.limits.max_bytes
-                            )
-                        self._insert(cursor, submission, now)
-                        jobs, size, added = jobs + count, size + need, True
+                        if jobs + count > limits.max_jobs or size + need > limits.max_bytes:
+                            raise queue_full(count, limits.max_jobs, need, limits.max_bytes)
+                        jobs, size = jobs + count, size + need
+                        accepted.append((submission, now))
+                        claim = submission.idempotency
+                        if claim is not None:  # a later one in this batch replays it
+                            key = (submission.owner or "", claim.key)
+                            known[key] = (claim.fingerprint, json.dumps(claim.answer), now)
                     outcomes.append(replay)
                 except (QueueFull, IdempotencyKeyReused) as exc:  # this submission's alone
                     outcomes.append(exc)
-            cursor.execute(self._q["set_totals"], {"jobs": jobs, "bytes": size})
-            if added:
+            if expired:
+                cursor.executemany(self._q["drop_key"], expired)
+            if accepted:
+                self._insert(cursor, accepted)
+                cursor.execute(self._q["set_totals"], {"jobs": jobs, "bytes": size})
                 self.driver.notify(cursor)
         return outcomes
 
-    def _check_key(self, cursor: Cursor, submission: Submission, now: float) -> Replay | None:
+    def _known_keys(
+        self, cursor: Cursor, submissions: Sequence[Submission]
+    ) -> dict[tuple[str, str], tuple[bytes, str, float]]:
+        """The recorded idempotency keys among ``submissions``', in one query."""
+        if not submissions:
+            return {}
+        pairs = ", ".join(f"(:o{n}, :k{n})" for n in range(len(submissions)))
+        params: dict[str, str] = {}
+        for n, submission in enumerate(submissions):
+            assert submission.idempotency is not None
+            params[f"o{n}"], params[f"k{n}"] = submission.owner or "", submission.idempotency.key
+        cursor.execute(
+            self.driver.sql(
+                "SELECT owner, key, fingerprint, answer, created_at FROM trimail_idempotency "  # noqa: S608
+                f"WHERE (owner, key) IN ({pairs})"
+            ),
+            params,
+        )
+        return {(o, k): (bytes(f), a, c) for o, k, f, a, c in cursor.fetchall()}
+
+    def _replay_for(
+        self,
+        submission: Submission,
+        now: float,
+        known: dict[tuple[str, str], tuple[bytes, str, float]],
+        expired: list[dict[str, str]],
+    ) -> Replay | None:
+        """The earlier answer to this submission's key, None if it is new; a reuse raises."""
         claim = submission.idempotency
         if claim is None:
             return None
-        params = {"owner": submission.owner or "", "key": claim.key}
-        cursor.execute(self._q["get_key"], params)
-        row = cursor.fetchone()
-        if row is None:
+        key = (submission.owner or "", claim.key)
+        if key not in known:
             return None
-        fingerprint, answer, created_at = row
+        fingerprint, answer, created_at = known[key]
         if created_at <= now - self.limits.idempotency_ttl:
-            cursor.execute(self._q["drop_key"], params)  # expired: the key is free again
+            del known[key]  # expired: the key is free again
+            expired.append({"owner": key[0], "key": key[1]})
             return None
-        if bytes(fingerprint) != claim.fingerprint:
+        if fingerprint != claim.fingerprint:
             raise IdempotencyKeyReused()
         return Replay(claim.fingerprint, json.loads(answer))
 
-    def _insert(self, cursor: Cursor, submission: Submission, now: float) -> None:
+    def _insert(self, cursor: Cursor, accepted: Sequence[tuple[Submission, float]]) -> None:
         cursor.executemany(
             self._q["insert_job"],
             [
@@ -357,16 +394,19 @@ class SQLStore:
                     "payload": payload.encode(job.request),
                     "pending": json.dumps(job.recipients),
                 }
+                for submission, _ in accepted
                 for job in submission.jobs
             ],
         )
-        claim = submission.idempotency
-        if claim is not None:
-            cursor.execute(
-                self._q["insert_key"],
-                {"owner": submission.owner or "", "key": claim.key, "now": now,
-                 "fingerprint": claim.fingerprint, "answer": json.dumps(claim.answer)},
-            )  # fmt: skip
+        keys = [
+            {"owner": submission.owner or "", "key": submission.idempotency.key, "now": now,
+             "fingerprint": submission.idempotency.fingerprint,
+             "answer": json.dumps(submission.idempotency.answer)}
+            for submission, now in accepted
+            if submission.idempotency is not None
+        ]  # fmt: skip
+        if keys:
+            cursor.executemany(self._q["insert_key"], keys)
 
     def _record_many(self, batch: Sequence[Sequence[AttemptResult]]) -> list[None]:
         finished = freed = 0
@@ -484,12 +524,8 @@ class SQLStore:
                 ("trim_keys", {"keep": limits.idempotency_max_keys}),
             ):
                 cursor.execute(self._q[name], {**params, "batch": PRUNE_BATCH})
-                removed += max(0, _rowcount(cursor))
+                removed += len(cursor.fetchall())
         return removed
-
-
-def _rowcount(cursor: Any) -> int:
-    return int(getattr(cursor, "rowcount", 0) or 0)
 
 
 _STATEMENTS = {
@@ -512,11 +548,13 @@ _STATEMENTS = {
     "count_open": "SELECT state, count(*) FROM trimail_jobs "
     "WHERE state IN ('queued', 'sending', 'retrying') GROUP BY state",
     "prune_jobs": "DELETE FROM trimail_jobs WHERE id IN (SELECT id FROM trimail_jobs "
-    "WHERE finished_at IS NOT NULL AND finished_at <= :cutoff LIMIT :batch)",
+    "WHERE finished_at IS NOT NULL AND finished_at <= :cutoff LIMIT :batch) RETURNING id",
     "prune_keys": "DELETE FROM trimail_idempotency WHERE (owner, key) IN (SELECT owner, key "
-    "FROM trimail_idempotency WHERE created_at <= :cutoff LIMIT :batch)",
+    "FROM trimail_idempotency WHERE created_at <= :cutoff LIMIT :batch) RETURNING key",
     "trim_jobs": "DELETE FROM trimail_jobs WHERE id IN (SELECT id FROM trimail_jobs "
-    "WHERE finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT :batch OFFSET :keep)",
+    "WHERE finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT :batch OFFSET :keep) "
+    "RETURNING id",
     "trim_keys": "DELETE FROM trimail_idempotency WHERE (owner, key) IN (SELECT owner, key "
-    "FROM trimail_idempotency ORDER BY created_at DESC LIMIT :batch OFFSET :keep)",
+    "FROM trimail_idempotency ORDER BY created_at DESC LIMIT :batch OFFSET :keep) "
+    "RETURNING key",
 }
