@@ -506,18 +506,18 @@ async def test_what_cannot_be_sent_is_a_clear_422(changes: dict[str, Any], where
 # -- no request holds the event loop -------------------------------------------------------------
 
 
-async def timed(harness: Harness, body: Any) -> tuple[int, float]:
-    started = time.monotonic()
-    status, _ = await harness.post_json(body)
-    return status, time.monotonic() - started
-
-
 async def test_blanks_in_an_address_do_not_stall_the_server() -> None:
-    """An address with a long run of blanks is refused as fast as any other bad address."""
+    """A long run of blanks in an address is refused by its length, before any parsing.
+
+    (It once took minutes of backtracking in a regular expression; what is
+    shorter than the limit is split in linear time, see _split_name_and_address.)
+    """
     async with running() as harness:
-        status, elapsed = await timed(harness, {**VALID, "to": "a" + " " * 32_000 + "b"})
+        status, answer = await harness.post_json({**VALID, "to": "a" + " " * 32_000 + "b"})
         assert status == 422
-        assert elapsed < 0.25, f"{elapsed:.2f} s with the event loop blocked"
+        assert [(d["field"], d["rule"]) for d in answer["error"]["details"]] == [
+            ("to[0]", "address_too_long")
+        ]
         await harness.delivered()
 
 
@@ -525,17 +525,17 @@ async def test_too_many_recipients_are_refused_before_each_is_checked(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Over the recipient limit, the request is refused without validating every address."""
-    import trimail.models
+    import trimail.mailbox
 
     calls = 0
-    original: Callable[..., Any] = trimail.models.validate_email
+    original: Callable[..., Any] = trimail.mailbox.validate_email
 
     def counting(*args: Any, **kwargs: Any) -> Any:
         nonlocal calls
         calls += 1
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(trimail.models, "validate_email", counting)
+    monkeypatch.setattr(trimail.mailbox, "validate_email", counting)
     async with running(max_recipients=50) as harness:
         addresses = [f"r{i}@example.com" for i in range(5_000)]
         status, answer = await harness.post_json({**VALID, "to": addresses})

@@ -26,7 +26,8 @@ from .errors import (
     TrimailError,
     Unavailable,
 )
-from .models import Attachment, Mailbox, SendRequest
+from .mailbox import Mailbox
+from .models import Attachment, SendRequest
 
 if TYPE_CHECKING:
     from .client import AsyncClient, Client

@@ -1,22 +1,17 @@
 """The request schema of ``POST /email/send`` and every rule it enforces; no I/O.
 
-Anything that ends up in a header (subject, names, addresses, header names and
-values, filenames) is refused if it holds a control or line-break character, or
-an RFC 2047 encoded-word that decodes to one, so header injection cannot be
-expressed in a request that passes validation.
+Header text and addresses are checked by :mod:`trimail.mailbox`; the answers
+are in :mod:`trimail.answers`.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import email.header
 import mimetypes
 import re
-from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from email_validator import EmailNotValidError, validate_email
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -34,14 +29,8 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-#: C0 controls (CR, LF and TAB included), DEL, C1 controls (NEL included) and the
-#: Unicode line and paragraph separators: none of them may reach a header.
-FORBIDDEN_IN_HEADERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-#: Lone UTF-16 surrogates: JSON can carry them (``"\\ud800"``), UTF-8 cannot.
-_SURROGATE = re.compile("[\ud800-\udfff]")
-#: Encoded-words as lenient readers (the email package's among them) see them: with
-#: blanks inside or an empty charset too, not only in the strict RFC 2047 form.
-_ENCODED_WORD = re.compile(r"=\?[^?]*\?[bBqQ]\?[^?]*\?=")
+from .mailbox import Mailbox, check_encodable, check_header_text, parse_mailbox
+
 #: RFC 5322 field name: printable US-ASCII except the colon.
 _FIELD_NAME = re.compile(r"[!-9;-~]+")
 _CONTENT_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+")
@@ -54,11 +43,6 @@ MAX_SUBJECT_CHARS = 998  # RFC 5322's line limit; longer subjects are folded whe
 MAX_HEADER_VALUE_CHARS = 998
 MAX_HEADER_NAME_CHARS = 76  # leaves room for ": " and a folded value within 78 columns
 MAX_FILENAME_CHARS = 255  # the common filesystem limit
-#: A name cannot be folded: it must fit a 998-octet line even at 4 octets a character.
-MAX_DISPLAY_NAME_CHARS = 200
-#: A display name (quoted and escaped, up to about 400) and an address (RFC 5321
-#: paths are at most 256 octets) fit well within this; longer is refused unread.
-MAX_MAILBOX_CHARS = 1024
 MAX_CONTENT_TYPE_CHARS = 255  # RFC 6838: type and subtype are at most 127 characters each
 DEFAULT_MAX_RECIPIENTS = 50
 #: Most extra headers and attachments in one message: far beyond any real mail,
@@ -67,123 +51,6 @@ MAX_HEADERS = 100
 MAX_ATTACHMENTS = 100
 #: The fields whose addresses count toward TRIMAIL_MAX_RECIPIENTS.
 ADDRESS_FIELDS = ("to", "cc", "bcc", "reply_to")
-
-
-def check_header_text(value: str, what: str, field: str | None = None) -> str:
-    """Return ``value`` if it may appear in a header, else raise a ``control_character`` error.
-
-    ``field``, when given, names the request field in the error (``headers.X-Tag``).
-    """
-    where = {"field": field} if field else {}
-    check_encodable(value, what, field)
-    found = FORBIDDEN_IN_HEADERS.search(value)
-    if found:
-        raise PydanticCustomError(
-            "control_character",
-            "{what} must not contain control or line-break characters (found U+{codepoint})",
-            {"what": what, "codepoint": f"{ord(found.group()):04X}", **where},
-        )
-    for word in _ENCODED_WORD.findall(value):
-        try:
-            decoded = "".join(
-                part.decode(charset or "ascii", errors="replace")
-                if isinstance(part, bytes)
-                else part
-                for part, charset in email.header.decode_header(word)
-            )
-        except (LookupError, ValueError, binascii.Error):
-            decoded = "\x00"  # undecodable: refuse rather than guess what a reader makes of it
-        if FORBIDDEN_IN_HEADERS.search(decoded):
-            raise PydanticCustomError(
-                "encoded_control_character",
-                "{what} must not contain an RFC 2047 encoded-word that decodes to a control "
-                "or line-break character",
-                {"what": what, **where},
-            )
-    return value
-
-
-def check_encodable(value: str, what: str, field: str | None = None) -> str:
-    """Return ``value`` if it can be encoded as UTF-8, else raise ``invalid_unicode``."""
-    if _SURROGATE.search(value):
-        raise PydanticCustomError(
-            "invalid_unicode",
-            "{what} contains an unpaired surrogate (U+D800 to U+DFFF), which is not text",
-            {"what": what, **({"field": field} if field else {})},
-        )
-    return value
-
-
-def _split_name_and_address(value: str) -> tuple[str, str]:
-    """``"Name <addr>"`` into name and address, else ``("", value)``, in linear time.
-
-    The same result as fullmatching ``(.*?)\\s*<([^<>]*)>``, which backtracks
-    quadratically on a long run of blanks (minutes for a few hundred kB).
-    """
-    if value.endswith(">"):
-        name, bracket, address = value[:-1].rpartition("<")
-        if bracket and ">" not in address:
-            return name.rstrip(), address
-    return "", value
-
-
-@dataclass(frozen=True, slots=True)
-class Mailbox:
-    """A validated address with its optional display name.
-
-    ``address`` keeps the domain in Unicode; ``ascii_address`` has it IDNA-encoded
-    and is ``None`` when the local part itself is not ASCII (SMTPUTF8 only).
-    """
-
-    name: str
-    address: str
-    ascii_address: str | None
-
-    @property
-    def needs_smtputf8(self) -> bool:
-        return self.ascii_address is None
-
-    @property
-    def smtp_address(self) -> str:
-        """The address as written in the SMTP envelope and headers."""
-        return self.ascii_address or self.address
-
-    def __str__(self) -> str:
-        return f"{self.name} <{self.address}>" if self.name else self.address
-
-
-def parse_mailbox(value: Any) -> Mailbox:
-    """Parse ``"Name <addr>"`` or ``"addr"``; raise ``invalid_address`` if it is not one."""
-    if isinstance(value, Mailbox):
-        return value
-    if not isinstance(value, str):
-        raise PydanticCustomError("string_type", "Input should be a valid string")
-    if len(value) > MAX_MAILBOX_CHARS:  # before any check whose cost grows with the length
-        raise PydanticCustomError(
-            "address_too_long",
-            "an address, with its display name, must be at most {limit} characters",
-            {"limit": MAX_MAILBOX_CHARS},
-        )
-    check_header_text(value, "an address")
-    name, address = _split_name_and_address(value.strip())
-    name = name.strip()
-    if len(name) >= 2 and name[0] == name[-1] == '"':
-        name = name[1:-1].replace('\\"', '"').replace("\\\\", "\\")
-    if len(name) > MAX_DISPLAY_NAME_CHARS:
-        raise PydanticCustomError(
-            "name_too_long",
-            "a display name must be at most {limit} characters",
-            {"limit": MAX_DISPLAY_NAME_CHARS},
-        )
-    try:
-        valid = validate_email(address, check_deliverability=False, allow_smtputf8=True)
-    except EmailNotValidError as exc:
-        raise PydanticCustomError(
-            "invalid_address",
-            "'{address}' is not a valid email address: {reason}",
-            {"address": address, "reason": str(exc)},
-        ) from None
-    return Mailbox(name=name, address=valid.normalized, ascii_address=valid.ascii_email)
 
 
 def _count(value: Any) -> int:
@@ -449,73 +316,3 @@ MAX_BATCH = 100
 
 #: Validates the body of ``POST /email/batch``: 1 to 100 messages.
 BatchRequest = TypeAdapter(Annotated[list[SendRequest], Field(min_length=1, max_length=MAX_BATCH)])
-
-
-# -- answers (documented in the OpenAPI document; the API builds them as dicts) --------
-
-
-class Accepted(BaseModel):
-    """``202`` for one message: the job id to find it in logs, status and Message-ID."""
-
-    id: str = Field(description="Opaque job id.")
-    status: Literal["queued"] = "queued"
-
-
-class BatchAccepted(BaseModel):
-    """``202`` for a batch: one entry per message, in the order sent."""
-
-    data: list[Accepted]
-
-
-class LastError(BaseModel):
-    code: int | None = Field(description="The SMTP reply code, if the server replied.")
-    message: str
-
-
-class JobStatus(BaseModel):
-    """``GET /email/{id}``."""
-
-    id: str
-    status: Literal["queued", "sending", "retrying", "sent", "failed", "undelivered"]
-    attempts: int
-    created_at: str = Field(description="RFC 3339, UTC.")
-    updated_at: str = Field(description="RFC 3339, UTC.")
-    last_error: LastError | None = Field(None, description="The last failure; absent once sent.")
-    failed_recipients: dict[str, str] | None = Field(
-        None, description="Recipients the server refused for good, with its reply."
-    )
-
-
-class FieldError(BaseModel):
-    field: str = Field(description='The request field, as "to[1]" or "[3].subject".')
-    rule: str = Field(description="The rule it broke, e.g. invalid_address.")
-    message: str
-
-
-class ErrorDetail(BaseModel):
-    code: str = Field(description="Machine-readable; one of a closed set.")
-    message: str = Field(description="What to change, in one sentence.")
-    details: list[FieldError] | None = Field(None, description="With validation_error only.")
-
-
-class ErrorBody(BaseModel):
-    """Every error answer."""
-
-    error: ErrorDetail
-
-
-class Health(BaseModel):
-    """``GET /healthz``."""
-
-    status: Literal["ok", "shutting_down"]
-    queue_depth: int
-    queue_capacity: int
-    workers: int
-    outstanding: int
-    retrying: int
-
-
-class Ready(BaseModel):
-    """``GET /readyz`` when ready."""
-
-    status: Literal["ready"]

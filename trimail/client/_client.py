@@ -25,8 +25,8 @@ from typing import Any
 import anyio
 import httpx
 
+from ..answers import Accepted, JobStatus
 from ..errors import ConnectionFailed, from_answer
-from ..models import Accepted, JobStatus
 
 __all__ = ["DEFAULT_URL", "AsyncClient", "Client", "message_from"]
 

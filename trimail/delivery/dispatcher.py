@@ -41,6 +41,7 @@ from ..errors import DeliveryError, StoreUnavailable, TransientDeliveryError
 from ..ledger import Closing, Ledger, settle
 from ..store import AttemptResult, ClaimedJob, JobState, JobStore
 from . import outcomes
+from .inflight import InFlight
 from .message import build_envelope
 from .retry import RetryPolicy
 from .transport import SendResult, Transport
@@ -121,9 +122,7 @@ class Dispatcher:
         self._active = 0  # jobs handed to a worker and not yet recorded
         self._room = trio.Event()
         self._wake = trio.Event()
-        self._in_flight: dict[Transport, tuple[ClaimedJob, float]] = {}  # (job, trio deadline)
-        self._attempt_added = trio.Event()
-        self._expired: set[str] = set()
+        self._in_flight = InFlight(attempt_deadline)
         self._cut: set[str] = set()
         self._cutting = False
         self._started = False
@@ -166,7 +165,7 @@ class Dispatcher:
                         self._started = True
                         task_status.started()  # before any checkpoint: no worker can fail first
                         nursery.start_soon(self._watch, name="trimail-watcher")
-                        nursery.start_soon(self._watchdog, name="trimail-watchdog")
+                        nursery.start_soon(self._in_flight.watch, name="trimail-watchdog")
                         await self._closing.wait()
                         await self._stop_taking_work()
                         with trio.move_on_after(self.grace) as self._grace_scope:
@@ -221,8 +220,7 @@ class Dispatcher:
 
     def _abort(self, nursery: trio.Nursery) -> None:
         self._cutting = True
-        for transport in list(self._in_flight):
-            transport.abort()  # the blocked thread returns at once
+        self._in_flight.cut_all()
         nursery.cancel_scope.cancel()
 
     # -- the claimer ------------------------------------------------------------------------
@@ -278,27 +276,6 @@ class Dispatcher:
     async def _watch(self) -> None:
         await self.store.watch(self.wake, task_status=trio.TASK_STATUS_IGNORED)
 
-    async def _watchdog(self) -> None:
-        """Sleep until the oldest attempt's deadline; cut every attempt past its own.
-
-        Attempts are all given the same time, so the oldest (the first in
-        ``_in_flight``, which keeps insertion order) always ends first.
-        """
-        while True:
-            watched = (deadline for job, deadline in self._in_flight.values()
-                       if job.id not in self._expired and deadline < math.inf)  # fmt: skip
-            with trio.move_on_at(next(watched, math.inf)):
-                await self._attempt_added.wait()
-                self._attempt_added = trio.Event()
-                continue
-            now = trio.current_time()
-            for transport, (job, deadline) in list(self._in_flight.items()):
-                if deadline > now:
-                    break
-                if job.id not in self._expired:
-                    self._expired.add(job.id)
-                    transport.abort()  # the thread returns with an error; see _deliver
-
     def _store_down(self, exc: StoreUnavailable) -> None:
         if self.store_error is None:
             log.warning("the store is unavailable (%s); retrying every %.0f s",
@@ -331,38 +308,38 @@ class Dispatcher:
     async def _deliver(self, job: ClaimedJob, transport: Transport) -> None:
         """One attempt, then its result recorded in the store (shielded: it must not be lost)."""
         started = trio.current_time()
-        if not self._in_flight:
-            self._attempt_added.set()  # the watchdog had nothing to watch
-        self._in_flight[transport] = (job, started + self.attempt_deadline)
+        self._in_flight.start(transport, job)
+        sent: SendResult | DeliveryError | None = None  # None: a bug in trimail
         try:
-            try:
-                # Not abandoned on cancel: the outcome of a send must be known before it
-                # is recorded. Shutdown unblocks the thread with transport.abort() instead.
-                sent = await trio.to_thread.run_sync(
-                    _send_in_thread, transport, job, limiter=self._threads
-                )
-            except DeliveryError as failure:
-                if self._cutting:  # our own shutdown cut it: not the provider's doing
-                    self._cut.add(job.id)
-                    self.ledger.attempt(job.id, job.attempt, "cut by trimail's shutdown", None,
-                                        trio.current_time() - started)  # fmt: skip
-                    return
-                error = failure
-                if job.id in self._expired:
-                    error = TransientDeliveryError(
-                        f"the attempt was cut at its deadline ({self.attempt_deadline:.0f} s); "
-                        "the provider may already have the message"
-                    )
-                attempted = outcomes.after_failure(job, error, self.retry, self.clock())
-            else:
-                attempted = outcomes.after_send(job, sent, self.retry, self.clock())
+            # Not abandoned on cancel: the outcome of a send must be known before it is
+            # recorded. Shutdown unblocks the thread with transport.abort() instead.
+            sent = await trio.to_thread.run_sync(
+                _send_in_thread, transport, job, limiter=self._threads
+            )
+        except DeliveryError as failure:
+            sent = failure
         except Exception:  # a bug must cost one job, not the worker
             log.exception("internal error while delivering job %s", job.id)
-            result = outcomes.internal_error(job, self.clock())
-            attempted = outcomes.Attempted(result, "internal error", "permanent", None, "")
         finally:
-            del self._in_flight[transport]
-            self._expired.discard(job.id)
+            expired = self._in_flight.end(transport)
+        if isinstance(sent, DeliveryError) and self._cutting:  # cut by our own shutdown
+            self._cut.add(job.id)
+            self.ledger.attempt(job.id, job.attempt, "cut by trimail's shutdown", None,
+                                trio.current_time() - started)  # fmt: skip
+            return
+        now = self.clock()
+        if isinstance(sent, SendResult):
+            attempted = outcomes.after_send(job, sent, self.retry, now)
+        elif isinstance(sent, DeliveryError):
+            if expired:
+                sent = TransientDeliveryError(
+                    f"the attempt was cut at its deadline ({self.attempt_deadline:.0f} s); "
+                    "the provider may already have the message"
+                )
+            attempted = outcomes.after_failure(job, sent, self.retry, now)
+        else:
+            result = outcomes.internal_error(job, now)
+            attempted = outcomes.Attempted(result, "internal error", "permanent", None, "")
         duration = trio.current_time() - started
         self.ledger.attempt(job.id, job.attempt, attempted.line, attempted.smtp_code, duration,
                             attempted.detail)  # fmt: skip

@@ -17,7 +17,8 @@ from email.message import EmailMessage
 from email.parser import BytesHeaderParser
 
 from ..errors import PermanentDeliveryError
-from ..models import Mailbox, SendRequest
+from ..mailbox import Mailbox
+from ..models import SendRequest
 
 #: RFC 5322 section 2.1.1: no line may be longer than 998 octets plus CRLF.
 MAX_LINE_OCTETS = 998

@@ -12,17 +12,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from ..answers import Accepted, BatchAccepted, ErrorBody, Health, JobStatus, Ready
 from ..errors import error_codes
-from ..models import (
-    MAX_BATCH,
-    Accepted,
-    BatchAccepted,
-    ErrorBody,
-    Health,
-    JobStatus,
-    Ready,
-    SendRequest,
-)
+from ..models import MAX_BATCH, SendRequest
 from .idempotency import MAX_KEY_CHARS
 
 REF = "#/components/schemas/{model}"
@@ -31,16 +23,16 @@ SUBMIT_ERRORS = {
     400: ["invalid_json", "invalid_idempotency_key", "bad_request"],
     401: ["unauthorized"],
     408: ["request_timeout"],
-    409: ["invalid_idempotent_request", "concurrent_idempotent_requests"],
+    409: ["invalid_idempotent_request"],
     413: ["payload_too_large"],
     415: ["unsupported_media_type"],
     422: ["validation_error"],
     500: ["internal_error"],
-    503: ["queue_full", "server_busy", "shutting_down"],
+    503: ["queue_full", "server_busy", "shutting_down", "store_unavailable"],
 }
-STATUS_ERRORS = {401: ["unauthorized"], 404: ["not_found"]}
+STATUS_ERRORS = {401: ["unauthorized"], 404: ["not_found"], 503: ["store_unavailable"]}
 METRICS_ERRORS = {401: ["unauthorized"]}
-READY_ERRORS = {503: ["queue_full", "shutting_down"]}
+READY_ERRORS = {503: ["queue_full", "shutting_down", "store_unavailable"]}
 STATUS_TEXT = {
     200: "OK", 202: "Accepted", 400: "Bad request", 401: "Unauthorized", 404: "Not found",
     408: "Request timeout", 409: "Conflict", 413: "Payload too large",

@@ -12,7 +12,8 @@ import base64
 import json
 from typing import Any
 
-from ..models import Attachment, Mailbox, SendRequest
+from ..mailbox import Mailbox
+from ..models import Attachment, SendRequest
 
 VERSION = 1
 

@@ -25,7 +25,8 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from ..errors import ConfigurationError
 from . import redact
 from .base import Limits
-from .sql import Cursor, SQLStore
+from .driver import Cursor
+from .sql import SQLStore
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,8 @@ from typing import Any
 import trio
 
 from .base import Limits
-from .sql import Cursor, SQLStore
+from .driver import Cursor
+from .sql import SQLStore
 
 #: Milliseconds a connection waits for another process's write to finish before
 #: the store counts as unavailable (a guess: far above a group commit's few ms).
