@@ -59,6 +59,11 @@ class Driver(Protocol):
         """Tell other instances that work was added (within the transaction)."""
         ...
 
+    def pipeline(self, cursor: Cursor) -> AbstractContextManager[object]:
+        """Send the block's statements together, where the database can; read no result
+        inside it."""
+        ...
+
     async def watch(self, wake: Callable[[], None], *, task_status: Any) -> None:
         """Call ``wake`` when another instance notifies; see JobStore.watch."""
         ...

@@ -15,8 +15,8 @@ import logging
 import re
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, cast
 
 import psycopg
 import trio
@@ -84,15 +84,14 @@ class PostgresDriver:
 
     @contextmanager
     def write(self) -> Iterator[Cursor]:
-        """A transaction in pipeline mode: statements whose results nobody reads yet go out
-        together, so BEGIN rides with the first query and COMMIT with the last writes.
-        Fewer round trips also mean fewer waits for the GIL in a busy process."""
-        with (
-            self._pool.connection() as connection,
-            connection.pipeline(),
-            connection.transaction(),
-        ):
+        with self._pool.connection() as connection, connection.transaction():
             yield connection.cursor()
+
+    def pipeline(self, cursor: Cursor) -> AbstractContextManager[object]:
+        """psycopg's pipeline mode, for writes whose results nobody reads: one round trip
+        for them all, and so fewer waits for the GIL in a busy process. (Reads stay out
+        of it: a fetch after several pipelined statements can return the wrong result.)"""
+        return cast(psycopg.Cursor[Any], cursor).connection.pipeline()
 
     @contextmanager
     def read(self) -> Iterator[Cursor]:

@@ -159,8 +159,7 @@ class SQLStore:
         """Decide every submission under the totals lock, then write all the accepted ones.
 
         The reads come first (the totals, then every idempotency key of the batch
-        in one query) and the writes after, so that a driver that pipelines its
-        writes (PostgreSQL) sends them, and the COMMIT, in one round trip.
+        in one query) and the writes after, pipelined where the driver can.
         """
         outcomes: list[Replay | BaseException | None] = []
         accepted: list[tuple[Submission, float]] = []
@@ -187,12 +186,13 @@ class SQLStore:
                     outcomes.append(replay)
                 except (QueueFull, IdempotencyKeyReused) as exc:  # this submission's alone
                     outcomes.append(exc)
-            if expired:
-                cursor.executemany(self._q["drop_key"], expired)
-            if accepted:
-                self._insert(cursor, accepted)
-                cursor.execute(self._q["set_totals"], {"jobs": jobs, "bytes": size})
-                self.driver.notify(cursor)
+            with self.driver.pipeline(cursor):
+                if expired:
+                    cursor.executemany(self._q["drop_key"], expired)
+                if accepted:
+                    self._insert(cursor, accepted)
+                    cursor.execute(self._q["set_totals"], {"jobs": jobs, "bytes": size})
+                    self.driver.notify(cursor)
         return outcomes
 
     def _known_keys(
@@ -380,5 +380,5 @@ class SQLStore:
                 ("trim_keys", {"keep": limits.idempotency_max_keys}),
             ):
                 cursor.execute(self._q[name], {**params, "batch": PRUNE_BATCH})
-                removed += len(cursor.fetchall())
+                removed += len(cursor.fetchall())  # RETURNING: each statement's own rows
         return removed

@@ -15,7 +15,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,10 @@ class SQLiteDriver:
 
     def notify(self, cursor: Cursor) -> None:
         """Other processes on the file find new work by polling."""
+
+    def pipeline(self, cursor: Cursor) -> AbstractContextManager[object]:
+        """In-process: every statement is a function call already."""
+        return nullcontext()
 
     async def watch(self, wake: Callable[[], None], *, task_status: Any) -> None:
         task_status.started()
