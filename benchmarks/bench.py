@@ -33,6 +33,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
+import cpu_profile
 import trio
 
 HERE = Path(__file__).resolve().parent
@@ -599,6 +600,7 @@ class RunResult:
     status_503_retry_after: int = 0
     notes: list[str] = field(default_factory=list)
     failed: str | None = None
+    profile: list[tuple[str, float]] = field(default_factory=list)  # (area, share), py-spy
 
     @property
     def error_count(self) -> int:
@@ -771,6 +773,10 @@ async def run_one(
                 system_before, steal_before = system_cpu()
                 driver_before = time.process_time()
                 wall_offset = time.time() - trio.current_time()
+                profiler = None
+                if opts.py_spy:
+                    raw = logdir / f"{stem}.raw"
+                    profiler = cpu_profile.record(server.pid, spec.duration, raw)
                 async with trio.open_nursery() as sampler:
                     sampler.start_soon(monitor.run)
                     start, outcomes = await run_open_loop(
@@ -829,6 +835,12 @@ async def run_one(
             result, outcomes, sink, delivered_at_drain, count_at_drain, start, wall_offset, measured
         )
     result.notes.append(f"SIGTERM -> exit code {code} in {stop_secs:.2f} s")
+    if profiler is not None:
+        await trio.to_thread.run_sync(profiler.wait)
+        areas = cpu_profile.table(cpu_profile.summarize(raw))
+        result.profile = areas
+        shares = ", ".join(f"{area} {100 * share:.0f} %" for area, share in areas if share >= 0.01)
+        result.notes.append(f"py-spy (threads on a CPU, during the load): {shares}")
     if result.errors:
         breakdown = ", ".join(f"{kind} x{n}" for kind, n in result.errors.most_common())
         result.notes.append(f"errors: {breakdown}")
@@ -1452,6 +1464,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--uvicorn-workers", type=int, default=1, help="fastapi-mail processes")
     parser.add_argument(
         "--stores", default="memory", help="trimail's stores: memory, sqlite, postgresql"
+    )
+    parser.add_argument(
+        "--py-spy", action="store_true", help="profile each server during its load (py-spy)"
     )
     parser.add_argument(
         "--slow-delay", "--delay", type=float, default=1.0, help="slow sink: seconds per mail"
