@@ -199,13 +199,15 @@ def new_delivery(
 ) -> Delivery:
     """A dispatcher on ``store`` (a new memory store by default), not started yet.
 
-    Unless told otherwise, attempts have no deadline: under trio's autojump
-    clock, time would leap to it while a thread sends.
+    Unless told otherwise, attempts have no deadline and idle connections stay
+    open: under trio's autojump clock, time would leap to those deadlines while
+    a thread sends.
     """
     store = store or MemoryStore(memory_limits(queue_size))
     ledger = Ledger()
     kwargs.setdefault("clock", trio_clock)
     kwargs.setdefault("attempt_deadline", math.inf)
+    kwargs.setdefault("idle_timeout", math.inf)
     dispatcher = Dispatcher(store, transport_factory, ledger=ledger, **kwargs)
     intake = Intake(store, ledger, grace=dispatcher.grace, clock=kwargs["clock"])
     intake.on_accept = dispatcher.wake

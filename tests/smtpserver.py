@@ -6,6 +6,10 @@ times=2, match="b@")`` answers the next two RCPTs to an address containing
 message arrived, before the reply; ``hold("RCPT")`` waits before the message)
 until ``server.release()``; the test can
 wait for ``server.holding`` to know the provider has the message.
+``server.limit_connections(3)`` turns away every connection beyond three open
+ones, as a provider with a per-client limit does: with ``421`` at the greeting,
+or by closing it at once (``reply=None``). The server counts open connections,
+their peak, the connections turned away and the QUITs.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from email.message import EmailMessage
 from typing import Any, cast
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
 
 
 @dataclass
@@ -49,6 +54,12 @@ class ScriptedHandler:
     holding: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
     hold_stage: str = "DATA"
+    connection_limit: int | None = None
+    limit_reply: str | None = None
+    open_connections: int = 0
+    peak_connections: int = 0
+    turned_away: int = 0
+    quits: int = 0
 
     def __post_init__(self) -> None:
         self.held.set()  # set = not holding
@@ -96,6 +107,11 @@ class ScriptedHandler:
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
+    async def handle_QUIT(self, server: Any, session: Any, envelope: Any) -> str:
+        with self.lock:
+            self.quits += 1
+        return "221 Bye"
+
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         reply = self._fault("DATA", ",".join(envelope.rcpt_tos))
         if reply:
@@ -106,6 +122,49 @@ class ScriptedHandler:
                 Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content)
             )
         return "250 OK queued"
+
+
+class CountingSMTP(SMTP):
+    """aiosmtpd's server, counting open connections and turning away those over the limit."""
+
+    def __init__(self, handler: ScriptedHandler, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.scripted = handler
+        self.counted = False
+
+    def connection_made(self, transport: Any) -> None:
+        if not self.counted:  # not again after STARTTLS
+            self.counted = True
+            with self.scripted.lock:
+                self.scripted.open_connections += 1
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self.counted:
+            with self.scripted.lock:
+                self.scripted.open_connections -= 1
+        super().connection_lost(error)
+
+    async def _handle_client(self) -> None:
+        handler = self.scripted
+        with handler.lock:
+            over = (
+                handler.connection_limit is not None
+                and handler.open_connections > handler.connection_limit
+            )
+            if over:  # a provider does not count a connection it turns away
+                handler.turned_away += 1
+                handler.open_connections -= 1
+                self.counted = False
+            else:
+                handler.peak_connections = max(handler.peak_connections, handler.open_connections)
+        if not over:
+            await super()._handle_client()
+            return
+        if handler.limit_reply is not None:
+            await self.push(handler.limit_reply)
+        assert self.transport is not None
+        self.transport.close()
 
 
 class SMTPTestServer:
@@ -150,12 +209,22 @@ class SMTPTestServer:
     def release(self) -> None:
         self.handler.held.set()
 
+    def limit_connections(
+        self, limit: int, reply: str | None = "421 4.7.0 Error: too many connections"
+    ) -> None:
+        """Turn away connections beyond ``limit`` open ones: ``reply``, or a silent close."""
+        self.handler.connection_limit = limit
+        self.handler.limit_reply = reply
+
     @property
     def holding(self) -> bool:
         return self.handler.holding.is_set()
 
 
 class _AnyPort(Controller):
+    def factory(self) -> SMTP:
+        return CountingSMTP(self.handler, **self.SMTP_kwargs)
+
     def _trigger_server(self) -> None:
         self.port = self.server.sockets[0].getsockname()[1]
         super()._trigger_server()

@@ -11,7 +11,7 @@ from trimail.errors import ConfigurationError
 def test_defaults() -> None:
     """The documented defaults hold with an empty environment."""
     settings = load_settings({})
-    assert (settings.workers, settings.max_attempts) == (8, None)
+    assert (settings.workers, settings.max_attempts) == (256, None)
     assert (settings.store, settings.role.value, settings.lease_seconds) == ("memory", "all", 900)
     assert (settings.effective_queue_size, settings.effective_queue_bytes) == (10_000, 256 << 20)
     assert (settings.retry_base_delay, settings.retry_max_delay) == (1.0, 300.0)

@@ -16,10 +16,10 @@ import httpx
 import pytest
 import trio
 
-from trimail.http.app import EXIT_DELIVERY_FAILED, create_app
+from trimail.http.app import EXIT_DELIVERY_FAILED, create_app, store_limits
 from trimail.http.server import serve
 
-from .apps import broken_transport
+from .apps import BrokenStore
 from .conftest import settings_for
 from .rawhttp import address, closes, read_response, request_head
 from .serving import MAIL, Service, final_outcomes, start, start_command, wait_for
@@ -260,7 +260,7 @@ def test_slow_drip_body_times_out_while_others_are_served(
 async def test_serve_stops_with_an_error_status_when_delivery_stops() -> None:
     """A dispatcher that dies ends trimail serve with status 70 and a line saying why."""
     settings = settings_for(port=0)
-    app = create_app(settings, transport_factory=broken_transport, setup_logging=False)
+    app = create_app(settings, store=BrokenStore(store_limits(settings)), setup_logging=False)
     with trio.fail_after(30):
         status = await serve(settings, app)
     assert status == EXIT_DELIVERY_FAILED
@@ -283,4 +283,4 @@ def test_plain_hypercorn_exits_when_delivery_stops(
     if workers == "0":
         assert status == EXIT_DELIVERY_FAILED
     assert "delivery stopped after an internal error" in service.log()
-    assert "a bug in the transport factory" in service.log()
+    assert "a bug in the store's claim" in service.log()

@@ -9,7 +9,7 @@ import ssl
 
 import pytest
 
-from trimail.delivery.failures import delivery_error
+from trimail.delivery.failures import delivery_error, turned_away
 from trimail.delivery.retry import Verdict, classify
 from trimail.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 
@@ -96,3 +96,28 @@ def test_the_text_of_an_exception_never_becomes_the_reason() -> None:
     error = delivery_error(OSError(errno.EIO, "s3cr\u00e9t in the message"), HOST, PORT)
     assert "s3cr" not in error.reason
     assert error.reason == "network error talking to smtp.example.com:587 (EIO)"
+
+
+@pytest.mark.parametrize(
+    ("exc", "pushback"),
+    [
+        (ConnectionRefusedError(111, "Connection refused"), True),
+        (ConnectionResetError(104, "reset"), True),
+        (smtplib.SMTPServerDisconnected("Connection unexpectedly closed"), True),
+        (smtplib.SMTPConnectError(421, b"4.7.0 too many connections"), True),
+        (smtplib.SMTPConnectError(450, b"busy"), True),
+        (smtplib.SMTPConnectError(554, b"no service for you"), False),
+        (smtplib.SMTPSenderRefused(421, b"4.7.0 try later", "a@b.c"), True),
+        (smtplib.SMTPSenderRefused(451, b"4.3.0 later", "a@b.c"), False),
+        (smtplib.SMTPAuthenticationError(535, b"bad credentials"), False),
+        (TimeoutError("timed out"), False),
+        (_timed_out_read(), False),
+        (socket.gaierror(-2, "Name or service not known"), False),
+        (_cert_error(), False),
+    ],
+)  # fmt: skip
+def test_what_counts_as_the_provider_turning_a_connection_away(
+    exc: BaseException, pushback: bool
+) -> None:
+    """Refusals, hang-ups, 4xx greetings and 421s push back; slowness and errors do not."""
+    assert turned_away(exc) is pushback

@@ -484,7 +484,13 @@ async def test_hang_up_is_retried_until_the_last_attempt(
 
     assert final_lines(caplog) == {job.id: ["failed"]}
     assert [r.result for r in attempts(caplog, job)] == ["transient failure"] * 3
-    assert final_message(caplog, job).endswith(f"127.0.0.1:{sink.port} closed the connection")
+    if stage == ".":  # the outcome is unknown, and the line says so
+        assert final_message(caplog, job).endswith(
+            f"the connection ended after the end of the message was sent to "
+            f"127.0.0.1:{sink.port}; the provider may already have it"
+        )
+    else:
+        assert final_message(caplog, job).endswith(f"127.0.0.1:{sink.port} closed the connection")
     await counters_reach(sink, sess=3, quit=0, mesg=3 if stage == "." else 0)
     if stage == ".":
         # The sink had the whole message each time but never said so: SMTP gives the

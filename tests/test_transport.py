@@ -88,6 +88,43 @@ def test_421_on_a_fresh_connection_is_an_error(smtp_server: SMTPTestServer) -> N
         transport(smtp_server).send(envelope())
     assert (info.value.smtp_code, info.value.reason) == (421, "421 4.3.2 shutting down")
     assert isinstance(info.value.__cause__, smtplib.SMTPSenderRefused)
+    assert info.value.pushback  # a 421 before MAIL: the server turns the connection away
+
+
+def test_a_421_greeting_is_pushback(smtp_server: SMTPTestServer) -> None:
+    """A server over its connection limit answers 421 at once: transient, marked as pushback."""
+    smtp_server.limit_connections(0)
+    with pytest.raises(TransientDeliveryError) as info:
+        transport(smtp_server).send(envelope())
+    assert info.value.reason == "421 4.7.0 Error: too many connections"
+    assert info.value.pushback
+
+
+def test_no_reply_after_the_final_dot_may_mean_delivered(smtp_server: SMTPTestServer) -> None:
+    """Silence after the message arrived: transient, says the provider may have it, no reuse."""
+    smtp_server.hold()  # the server has the whole message and does not answer
+    smtp = transport(smtp_server, data_timeout=0.3)
+    try:
+        with pytest.raises(TransientDeliveryError) as info:
+            smtp.send(envelope())
+        assert smtp_server.holding  # the provider held the message when trimail gave up
+    finally:
+        smtp_server.release()
+    assert info.value.reason == (
+        f"no reply after the end of the message was sent to 127.0.0.1:{smtp_server.port}; "
+        "the provider may already have it"
+    )
+    assert not info.value.pushback
+    assert not smtp.connected
+
+
+def test_the_data_timeout_does_not_cut_commands_short(smtp_server: SMTPTestServer) -> None:
+    """The long final-dot wait applies to that reply only; the next send works as usual."""
+    smtp = transport(smtp_server, data_timeout=600)
+    smtp.send(envelope())
+    smtp.send(envelope())
+    assert smtp.connected
+    assert len(smtp_server.received) == 2
 
 
 def test_some_recipients_refused(smtp_server: SMTPTestServer) -> None:

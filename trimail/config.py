@@ -40,6 +40,12 @@ MEMORY_QUEUE_SIZE = 10_000
 MEMORY_QUEUE_BYTES = 256 * MiB
 DURABLE_QUEUE_SIZE = 1_000_000
 DURABLE_QUEUE_BYTES = 4 * 1024 * MiB
+#: Most SMTP connections at once. Throughput is connections / provider latency (Little's
+#: law): one process accepts and delivers up to about 500 mails/s on a 2-core machine
+#: (README, Performance), which a provider answering in 0.5 s (the slow end of typical)
+#: sustains with 256 connections. Connections open only as the queue needs them, and
+#: fewer when the provider pushes back (trimail.delivery.concurrency).
+DEFAULT_WORKERS = 256
 
 
 class SMTPSecurity(str, Enum):
@@ -134,7 +140,13 @@ class Settings(BaseSettings):
         description="all | api (accept and answer status, send nothing) | delivery (send, and "
         "serve only health and metrics); api and delivery need a durable store.",
     )
-    workers: int = Field(8, ge=1, le=1024, description="Worker tasks, one SMTP connection each.")
+    workers: int = Field(
+        DEFAULT_WORKERS,
+        ge=1,
+        le=4096,
+        description="Most SMTP connections (and attempts) at once; opened as the queue needs "
+        "them, fewer while the provider pushes back.",
+    )
     queue_size: int | None = Field(
         None,
         ge=1,
@@ -165,8 +177,19 @@ class Settings(BaseSettings):
     smtp_security: SMTPSecurity = Field(
         SMTPSecurity.AUTO, description="auto (STARTTLS when offered) | starttls | tls | none."
     )
-    smtp_timeout: float = Field(
-        30.0, gt=0, description="Seconds any one SMTP operation may take before it fails."
+    smtp_timeout: Seconds = Field(
+        30.0,
+        gt=0,
+        description="Seconds the connection and greeting, and each SMTP command, may take.",
+    )
+    smtp_data_timeout: Seconds = Field(
+        600.0,
+        gt=0,
+        description="Seconds to wait for the reply to the end of a message (RFC 5321: 10 "
+        "minutes); after it, the attempt is retried, as the provider may have the message.",
+    )
+    smtp_idle_timeout: Seconds = Field(
+        30.0, gt=0, description="Seconds an unused SMTP connection stays open."
     )
     smtp_ca_file: Path | None = Field(
         None, description="Extra CA bundle (PEM) to trust for the SMTP server's certificate."

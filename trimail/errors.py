@@ -209,12 +209,21 @@ class StoreUnavailable(Unavailable):
 
 
 class DeliveryError(TrimailError):
-    """One delivery attempt failed; ``smtp_code`` is the server's reply code if it sent one."""
+    """One delivery attempt failed; ``smtp_code`` is the server's reply code if it sent one.
 
-    def __init__(self, reason: str, smtp_code: int | None = None) -> None:
+    ``pushback`` is true when the server turned the connection away before any
+    mail was offered (connection refused or closed at once, a ``4xx`` greeting,
+    ``421`` before ``MAIL``): the usual answer of a provider to too many
+    connections (see :mod:`trimail.delivery.concurrency`).
+    """
+
+    def __init__(
+        self, reason: str, smtp_code: int | None = None, *, pushback: bool = False
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.smtp_code = smtp_code
+        self.pushback = pushback
 
 
 class TransientDeliveryError(DeliveryError):

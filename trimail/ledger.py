@@ -75,6 +75,16 @@ class Ledger:
             },
         )
 
+    def requeued(self, job_id: str, attempt: int, reason: str) -> None:
+        """An attempt that never reached the provider: not counted, the job is due again."""
+        log.info(
+            "job %s attempt %d not made: %s; back in the queue (not counted)",
+            job_id,
+            attempt,
+            reason,
+            extra={"job_id": job_id, "event": "requeued", "attempt": attempt},
+        )
+
     def close(
         self,
         job_id: str,

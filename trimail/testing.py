@@ -38,6 +38,11 @@ class MemoryTransport:
         shared_failures = failures if failures is not None else deque()
         return lambda: cls(sent, shared_failures)
 
+    @property
+    def connected(self) -> bool:
+        """Reusable until closed, like an open SMTP connection."""
+        return not self.closed
+
     def send(self, envelope: Envelope) -> SendResult:
         with self._lock:
             if self.failures:

@@ -8,9 +8,14 @@ Lifetimes, all inside the one nursery that :meth:`Dispatcher.run` opens:
   nothing is due it sleeps until woken (a job accepted here, a notification
   from another instance) or until the next job falls due, at most
   ``poll_interval`` seconds (a durable store only: another process may add work);
-- *workers* (``workers`` of them) each own a :class:`~trimail.delivery.transport.
-  Transport`, run one attempt at a time in a thread, and record in the store
-  where the attempt left the job;
+- *workers* (``workers`` of them) each take a connection from the
+  :class:`~trimail.delivery.pool.ConnectionPool` for an attempt, run it in a
+  thread, give the connection back and record in the store where the attempt
+  left the job; the claimer never starts more attempts at once than the
+  :class:`~trimail.delivery.concurrency.ConcurrencyLimit` learnt from the
+  provider allows (a connection the provider turned away puts its job back
+  in the queue, not counted as an attempt);
+- the *reaper* closes connections idle for ``idle_timeout`` seconds;
 - the *watcher* relays the store's notifications (PostgreSQL LISTEN) to the claimer;
 - the *watchdog* cuts an attempt still running at its deadline, a little before its
   claim's lease ends, so that no other instance takes the job while it is sent.
@@ -41,15 +46,15 @@ from ..errors import DeliveryError, StoreUnavailable, TransientDeliveryError
 from ..ledger import Closing, Ledger, settle
 from ..store import AttemptResult, ClaimedJob, JobState, JobStore
 from . import outcomes
+from .concurrency import ConcurrencyLimit
 from .inflight import InFlight
 from .message import build_envelope
+from .pool import ConnectionPool
 from .retry import RetryPolicy
 from .transport import SendResult, Transport
 
 log = logging.getLogger(__name__)
 
-#: Seconds a worker may spend saying QUIT at shutdown before its thread is abandoned.
-QUIT_TIMEOUT = 1.0
 #: Seconds between attempts to reach a store that is unavailable.
 STORE_RETRY_DELAY = 1.0
 #: Seconds the claimer waits at least when the store says a job is due but none was
@@ -94,6 +99,7 @@ class Dispatcher:
         *,
         ledger: Ledger | None = None,
         workers: int = 8,
+        idle_timeout: float = 30.0,
         retry: RetryPolicy | None = None,
         lease_seconds: float = 900.0,
         grace: float = 30.0,
@@ -115,7 +121,8 @@ class Dispatcher:
             attempt_deadline = lease_seconds - min(LEASE_MARGIN, lease_seconds / 10)
         #: Seconds an attempt may run before the watchdog cuts it (``math.inf``: no limit).
         self.attempt_deadline = attempt_deadline
-        self._transport_factory = transport_factory
+        self._pool = ConnectionPool(transport_factory, idle_timeout)
+        self._limit = ConcurrencyLimit(workers)
         self._send, self._receive = trio.open_memory_channel[ClaimedJob](0)
         # Our own limiter: trio's default one (40 threads) would silently cap the workers.
         self._threads = trio.CapacityLimiter(workers)
@@ -139,6 +146,16 @@ class Dispatcher:
         """Workers in the middle of an attempt."""
         return len(self._in_flight)
 
+    @property
+    def connections(self) -> int:
+        """SMTP connections open now, in use or idle."""
+        return len(self._pool) + sum(1 for transport in self._in_flight if transport.connected)
+
+    @property
+    def concurrency(self) -> int:
+        """Attempts allowed at once now: ``workers``, or less after the provider pushed back."""
+        return self._limit.allowed
+
     def wake(self) -> None:
         """Make the claimer look for due jobs now (a job was just accepted)."""
         self._wake.set()
@@ -155,6 +172,7 @@ class Dispatcher:
             async with trio.open_nursery() as nursery:  # the claimer, watcher and watchdog
                 self._nursery = nursery
                 nursery.start_soon(self._claimer, name="trimail-claimer")
+                nursery.start_soon(self._pool.run, name="trimail-reaper")
                 async with trio.open_nursery() as workers:
                     try:
                         for number in range(self.workers):
@@ -177,6 +195,7 @@ class Dispatcher:
                         if not self._drained.is_set():  # grace over, or we were cancelled
                             self._abort(nursery)
                 nursery.cancel_scope.cancel()  # no worker is left for the helpers to serve
+                await self._pool.aclose()
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(SETTLE_TIMEOUT):
                 await settle(self.store, self.ledger, self.clock(), self._cut)
@@ -228,7 +247,8 @@ class Dispatcher:
     async def _claimer(self) -> None:
         with self._claims:
             while True:
-                room = self._send.statistics().tasks_waiting_receive
+                idle_workers = self._send.statistics().tasks_waiting_receive
+                room = min(idle_workers, self._limit.allowed - self._active)
                 if room <= 0:
                     await self._room.wait()
                     self._room = trio.Event()
@@ -285,25 +305,20 @@ class Dispatcher:
     # -- the workers ------------------------------------------------------------------------
 
     async def _worker(self, jobs: trio.MemoryReceiveChannel[ClaimedJob]) -> None:
-        transport = self._transport_factory()
-        try:
-            async with jobs:
-                while True:
-                    self._room.set()
-                    try:
-                        job = await jobs.receive()
-                    except trio.EndOfChannel:
-                        return
-                    try:
-                        await self._deliver(job, transport)
-                    finally:
-                        self._active -= 1
-                    self._check_drained()
-        finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(QUIT_TIMEOUT):
-                await trio.to_thread.run_sync(
-                    transport.close, limiter=self._threads, abandon_on_cancel=True
-                )
+        async with jobs:
+            while True:
+                self._room.set()
+                try:
+                    job = await jobs.receive()
+                except trio.EndOfChannel:
+                    return
+                transport = self._pool.take()
+                try:
+                    await self._deliver(job, transport)
+                finally:
+                    self._pool.give_back(transport)
+                    self._active -= 1
+                self._check_drained()
 
     async def _deliver(self, job: ClaimedJob, transport: Transport) -> None:
         """One attempt, then its result recorded in the store (shielded: it must not be lost)."""
@@ -327,8 +342,13 @@ class Dispatcher:
             self.ledger.attempt(job.id, job.attempt, "cut by trimail's shutdown", None,
                                 trio.current_time() - started)  # fmt: skip
             return
+        turned_away = isinstance(sent, DeliveryError) and sent.pushback and not expired
+        if turned_away and isinstance(sent, DeliveryError) and await self._pushed_back(job, sent):
+            return
         now = self.clock()
         if isinstance(sent, SendResult):
+            if self._limit.delivered(trio.current_time()):
+                log.info("concurrency back to %d connection(s)", self._limit.allowed)
             attempted = outcomes.after_send(job, sent, self.retry, now)
         elif isinstance(sent, DeliveryError):
             if expired:
@@ -346,6 +366,27 @@ class Dispatcher:
         self.observer.attempted(attempted.kind, attempted.smtp_code, duration)
         with trio.CancelScope(shield=True):
             await self._record(job, attempted.result)
+
+    async def _pushed_back(self, job: ClaimedJob, error: DeliveryError) -> bool:
+        """Learn from a connection turned away; True if the job went back to the queue.
+
+        With other attempts running or connections open, the provider may only
+        be full: the attempt did not happen, so it is not counted, and the
+        concurrency is lowered (see :mod:`trimail.delivery.concurrency`). Alone,
+        it is an ordinary failure.
+        """
+        open_connections = self.connections
+        others = len(self._in_flight) + len(self._pool)
+        if self._limit.pushed_back(open_connections, trio.current_time()):
+            log.warning("the SMTP server turned a connection away (%s) with %d open: at most %d "
+                        "at once for now", error.reason, open_connections,
+                        self._limit.allowed)  # fmt: skip
+        if not others:
+            return False
+        self.ledger.requeued(job.id, job.attempt, error.reason)
+        with trio.CancelScope(shield=True), contextlib.suppress(StoreUnavailable):
+            await self.store.release([job], self.clock())  # if the store is down: the lease
+        return True
 
     async def _record(self, job: ClaimedJob, result: AttemptResult) -> None:
         lease_end = self.clock() + self.lease_seconds

@@ -67,7 +67,7 @@ def delivery_error(exc: BaseException, host: str, port: int) -> DeliveryError:
         return TransientDeliveryError(
             f"TLS handshake with {target} failed ({reason})" + (f": {hint}" if hint else "")
         )
-    if _timed_out(exc):
+    if timed_out(exc):
         return TransientDeliveryError(f"timed out waiting for {target}")
     if isinstance(exc, smtplib.SMTPServerDisconnected):
         return TransientDeliveryError(f"{target} closed the connection")
@@ -85,7 +85,26 @@ def delivery_error(exc: BaseException, host: str, port: int) -> DeliveryError:
     return PermanentDeliveryError(f"unexpected error with {target} ({type(exc).__name__})")
 
 
-def _timed_out(exc: BaseException) -> bool:
+def turned_away(exc: BaseException) -> bool:
+    """Whether ``exc``, raised while opening a connection, is the server refusing one more.
+
+    A refused or reset connection, one closed before the greeting or the EHLO
+    reply, a ``4xx`` greeting, or ``421`` to a command before ``MAIL``: what
+    providers answer to too many connections (Postfix: ``421 4.7.0 Error: too
+    many connections``). A timeout is not: a slow server is not a full one.
+    """
+    if timed_out(exc):
+        return False
+    if isinstance(exc, smtplib.SMTPConnectError):
+        return code_is_transient(exc.smtp_code)
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return exc.smtp_code == 421
+    return isinstance(
+        exc, (smtplib.SMTPServerDisconnected, ConnectionRefusedError, ConnectionResetError)
+    )
+
+
+def timed_out(exc: BaseException) -> bool:
     # smtplib turns a read that timed out into SMTPServerDisconnected("Connection
     # unexpectedly closed: timed out"): the server did not close anything.
     return isinstance(exc, TimeoutError) or (

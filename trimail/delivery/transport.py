@@ -2,12 +2,19 @@
 
 Every method except :meth:`SMTPTransport.abort` blocks and must run in a worker
 thread (``trio.to_thread.run_sync``). A thread cannot be cancelled, so every
-socket operation is bounded by ``timeout`` and :meth:`~SMTPTransport.abort`
-lets the event loop cut a connection short from outside.
+socket operation has a timeout, by phase as RFC 5321 section 4.5.3.2 asks:
+``timeout`` for the connection and greeting and for each command, and
+``data_timeout`` (10 minutes by default) for the reply to the message's final
+``.``, which a provider may only send once it has filtered and stored the
+message. :meth:`~SMTPTransport.abort` lets the event loop cut a connection
+short from outside (the dispatcher's watchdog bounds a whole attempt).
 
 Error handling: :meth:`SMTPTransport.send` raises only
 :class:`~trimail.errors.DeliveryError` (see :mod:`trimail.delivery.failures`), with the
-smtplib, ssl or socket error chained as its cause.
+smtplib, ssl or socket error chained as its cause. One that turned the connection
+away before any mail was offered has ``pushback`` set. A connection that ends, or
+a reply that does not come, after the final ``.`` leaves the outcome unknown: the
+error is transient and says that the provider may already have the message.
 """
 
 from __future__ import annotations
@@ -26,13 +33,15 @@ from typing import Protocol
 
 from ..config import SMTPSecurity, is_loopback
 from ..errors import PermanentDeliveryError, TransientDeliveryError
-from .failures import delivery_error, reply_text
+from .failures import delivery_error, reply_text, timed_out, turned_away
 from .message import Envelope
 
 log = logging.getLogger(__name__)
 
 #: Reply codes that accept a recipient (RFC 5321 section 4.2.5).
 RCPT_ACCEPTED = (250, 251)
+#: RFC 5321 section 4.5.3.2.6: wait at least 10 minutes for the reply to the final dot.
+DATA_TIMEOUT = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +57,10 @@ class SendResult:
 
 class Transport(Protocol):
     """What a worker needs from a transport; each worker owns one instance."""
+
+    @property
+    def connected(self) -> bool:
+        """Whether it holds an open connection worth keeping for the next send."""
 
     def send(self, envelope: Envelope) -> SendResult:
         """Deliver ``envelope`` (blocking); raise on a failure of the whole transaction."""
@@ -109,6 +122,7 @@ class SMTPTransport:
         username: str | None = None,
         password: str | None = None,
         timeout: float = 30.0,
+        data_timeout: float = DATA_TIMEOUT,
         tls_context: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
@@ -117,10 +131,26 @@ class SMTPTransport:
         self.username = username
         self.password = password
         self.timeout = timeout
+        self.data_timeout = data_timeout
         self.tls_context = tls_context or make_tls_context()
         #: Whether the server is on this machine: credentials may go to it in clear text.
         self.local = is_loopback(host)
         self._smtp: smtplib.SMTP | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._smtp is not None
+
+    def _open(self, envelope: Envelope) -> smtplib.SMTP:
+        """A new connection, with MAIL FROM accepted; marks pushback (see the module docstring)."""
+        try:
+            smtp = self._connect()
+            self._mail_from(smtp, envelope)
+        except (smtplib.SMTPException, OSError) as exc:
+            error = delivery_error(exc, self.host, self.port)
+            error.pushback = turned_away(exc)
+            raise error from exc
+        return smtp
 
     def _connect(self) -> smtplib.SMTP:
         smtp: smtplib.SMTP
@@ -222,8 +252,7 @@ class SMTPTransport:
         try:
             smtp = self._smtp
             if smtp is None or not self._mail_from_reused(smtp, envelope):
-                smtp = self._connect()
-                self._mail_from(smtp, envelope)
+                smtp = self._open(envelope)
             refused = {}
             for recipient in envelope.recipients:
                 code, reply = smtp.rcpt(recipient)
@@ -233,13 +262,32 @@ class SMTPTransport:
             if not accepted:
                 self._reset(smtp)
                 return SendResult(accepted=(), refused=refused)
-            code, reply = smtp.data(envelope.data)  # raises SMTPDataError if DATA is refused
-            if code != 250:  # ...but only returns the reply to the message itself
-                raise smtplib.SMTPDataError(code, reply)
+            self._data(smtp, envelope.data)
             return SendResult(accepted=accepted, refused=refused)
         except BaseException:
             self._drop()
             raise
+
+    def _data(self, smtp: smtplib.SMTP, data: bytes) -> None:
+        """DATA, the message, then up to ``data_timeout`` for the reply to its final dot."""
+        code, reply = smtp.docmd("DATA")
+        if code != 354:
+            raise smtplib.SMTPDataError(code, reply)
+        smtp.send(dot_stuffed(data))
+        sock = smtp.sock
+        assert sock is not None  # send() raised if the connection was gone
+        sock.settimeout(self.data_timeout)
+        try:
+            code, reply = smtp.getreply()
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            waited = "no reply" if timed_out(exc) else "the connection ended"
+            raise TransientDeliveryError(
+                f"{waited} after the end of the message was sent to {self.host}:{self.port}; "
+                "the provider may already have it"
+            ) from exc
+        if code != 250:
+            raise smtplib.SMTPDataError(code, reply)
+        sock.settimeout(self.timeout)
 
     def _mail_from_reused(self, smtp: smtplib.SMTP, envelope: Envelope) -> bool:
         """MAIL FROM on a reused connection; False (and dropped) if the server had closed it."""
@@ -289,3 +337,17 @@ class SMTPTransport:
             # the blocked call in the other thread just sees the connection end.
             with contextlib.suppress(OSError):
                 socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+def dot_stuffed(data: bytes) -> bytes:
+    """``data`` as sent after DATA: each line starting with a dot gets another, then CRLF.CRLF.
+
+    ``data`` has CRLF line endings only (:func:`~trimail.delivery.message.
+    check_line_endings` holds every built message to that).
+    """
+    stuffed = data.replace(b"\r\n.", b"\r\n..")
+    if stuffed.startswith(b"."):
+        stuffed = b"." + stuffed
+    if not stuffed.endswith(b"\r\n"):
+        stuffed += b"\r\n"
+    return stuffed + b".\r\n"

@@ -99,6 +99,7 @@ def smtp_transport_factory(settings: Settings) -> Callable[[], Transport]:
             username=settings.smtp_username,
             password=password,
             timeout=settings.smtp_timeout,
+            data_timeout=settings.smtp_data_timeout,
             tls_context=tls_context,
         )
 
@@ -200,6 +201,7 @@ def create_app(
                 transport_factory or smtp_transport_factory(settings),
                 ledger=app.ledger,
                 workers=settings.workers,
+                idle_timeout=settings.smtp_idle_timeout,
                 retry=retry_policy(settings),
                 lease_seconds=settings.lease_seconds,
                 grace=settings.shutdown_grace,
@@ -210,8 +212,8 @@ def create_app(
             await app.nursery.start(_deliver, app, app.dispatcher)
         app.intake.accepting = settings.role is not Role.DELIVERY
         log.info(
-            "trimail %s (role %s, store %s) delivering through %s:%d (security %s) with %d "
-            "worker(s); at most %d job(s) and %d bytes not yet final",
+            "trimail %s (role %s, store %s) delivering through %s:%d (security %s) over up to "
+            "%d connection(s); at most %d job(s) and %d bytes not yet final",
             version("trimail"),
             settings.role.value,
             settings.redacted_store,

@@ -67,6 +67,9 @@ class Metrics(Observer):
                 "queue_capacity": "Most jobs not yet final (TRIMAIL_QUEUE_SIZE).",
                 "workers": "Worker tasks of this process.",
                 "workers_busy": "Workers of this process in the middle of an attempt.",
+                "smtp_connections": "SMTP connections of this process open now, in use or idle.",
+                "smtp_concurrency_limit": "Attempts this process may run at once: workers, or "
+                "fewer while the provider pushes back.",
                 "store_up": "1 while the store answers, 0 when it does not.",
             }.items()
         }
@@ -83,6 +86,8 @@ class Metrics(Observer):
             "queue_capacity": lambda: app.settings.effective_queue_size,
             "workers": lambda: app.dispatcher.workers if app.dispatcher else 0,
             "workers_busy": lambda: app.dispatcher.busy if app.dispatcher else 0,
+            "smtp_connections": lambda: app.dispatcher.connections if app.dispatcher else 0,
+            "smtp_concurrency_limit": lambda: app.dispatcher.concurrency if app.dispatcher else 0,
             "store_up": lambda: 0 if maintenance.error else 1,
         }
         for name, read in readers.items():
