@@ -15,6 +15,7 @@ saved raw files::
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -38,6 +39,7 @@ AREAS = [
     ("HTTP: Quart, Werkzeug", r"[(/](quart|quart_trio|werkzeug|blinker)/"),
     ("trimail HTTP (gate, routes)", r"trimail/http/"),
     ("thread handoff (to_thread)", r"trio/_threads\.py|_thread_cache\.py"),
+    ("socket system calls (event loop)", r"_nonblocking_helper|_sock_method_wrapper"),
     ("trio scheduler and I/O", r"[(/]trio/|[(/]outcome/"),
     ("trimail delivery", r"trimail/delivery/"),
     ("trimail other", r"trimail/"),
@@ -53,7 +55,8 @@ IDLE = re.compile(
 
 def record(pid: int, seconds: float, path: Path, rate: int = 100) -> subprocess.Popen[bytes]:
     """Start py-spy on ``pid`` for ``seconds``; wait on the returned process."""
-    command = ["py-spy", "record", "-p", str(pid), "-d", str(int(seconds)), "-r", str(rate),
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    command = [py_spy, "record", "-p", str(pid), "-d", str(int(seconds)), "-r", str(rate),
                "--threads", "-f", "raw", "-o", str(path)]  # fmt: skip
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

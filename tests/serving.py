@@ -1,13 +1,15 @@
 """Running trimail (or another server) as a separate process for end-to-end tests.
 
 Each server starts on port 0; its address is read from its log. Processes are
-stopped by PID, and every wait is bounded.
+stopped by PID (with the process group each one leads), and every wait is bounded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -29,7 +31,11 @@ class Service:
         clean.update(env or {})
         self.log_path = log
         self._log = log.open("wb")
-        self.process = subprocess.Popen(command, stdout=self._log, stderr=self._log, env=clean)
+        # A session of its own: stop() ends the whole process group, so worker processes
+        # (hypercorn --workers N) cannot outlive the test when their supervisor exits first.
+        self.process = subprocess.Popen(
+            command, stdout=self._log, stderr=self._log, env=clean, start_new_session=True
+        )
         self.url = ""
 
     def log(self) -> str:
@@ -57,9 +63,10 @@ class Service:
             self._log.close()
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
+        """Kill the process and every process it started (its process group, by its PID)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
         self._log.close()
 
 

@@ -9,7 +9,8 @@ wait for ``server.holding`` to know the provider has the message.
 ``server.limit_connections(3)`` turns away every connection beyond three open
 ones, as a provider with a per-client limit does: with ``421`` at the greeting,
 or by closing it at once (``reply=None``). The server counts open connections,
-their peak, the connections turned away and the QUITs.
+their peak, the connections turned away and the QUITs. ``pipelining=True`` makes
+it offer PIPELINING (RFC 2920), as large providers do.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class ScriptedHandler:
     holding: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
     hold_stage: str = "DATA"
+    pipelining: bool = False
     connection_limit: int | None = None
     limit_reply: str | None = None
     open_connections: int = 0
@@ -78,6 +80,8 @@ class ScriptedHandler:
         with self.lock:
             self.sessions += 1
         session.host_name = hostname
+        if self.pipelining:  # aiosmtpd reads commands in order, so it copes; it only must say so
+            responses.insert(-1, "250-PIPELINING")
         return responses
 
     async def handle_MAIL(
@@ -170,8 +174,8 @@ class CountingSMTP(SMTP):
 class SMTPTestServer:
     """Runs :class:`ScriptedHandler` on 127.0.0.1 at a free port."""
 
-    def __init__(self, port: int = 0, **kwargs: Any) -> None:
-        self.handler = ScriptedHandler()
+    def __init__(self, port: int = 0, *, pipelining: bool = False, **kwargs: Any) -> None:
+        self.handler = ScriptedHandler(pipelining=pipelining)
         self._controller = _AnyPort(self.handler, hostname="127.0.0.1", port=port, **kwargs)
 
     def start(self) -> None:

@@ -240,6 +240,28 @@ def test_port_in_use_is_a_clear_error(services: list[Service], tmp_path: Path) -
     assert "Traceback" not in service.log()
 
 
+def test_a_chunked_body_over_the_limit_is_413_and_nothing_is_queued(
+    services: list[Service], tmp_path: Path
+) -> None:
+    """Without a Content-Length the limit is counted as the chunks arrive: 413, closed."""
+    service = start(services, tmp_path, "--dev", "--outbox", str(tmp_path / "o"), "--port", "0",
+                    "--max-request-bytes", "2048")  # fmt: skip
+    url = service.wait_ready()
+    chunk = b"x" * 1024
+    with socket.create_connection(address(url), timeout=10) as sock:
+        sock.sendall(request_head("POST", "/email/send", None, Transfer_Encoding="chunked"))
+        for _ in range(3):
+            sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        head, body = read_response(sock)
+        assert head.startswith(b"HTTP/1.1 413")
+        assert json.loads(body)["error"]["code"] == "payload_too_large"
+        assert b"connection: close" in head.lower()
+        assert closes(sock)
+    service.signal(signal.SIGTERM)
+    assert service.wait() == 0
+    assert " accepted for " not in service.log()  # no job
+
+
 def test_slow_drip_body_times_out_while_others_are_served(
     services: list[Service], tmp_path: Path
 ) -> None:

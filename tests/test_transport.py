@@ -5,6 +5,7 @@ from __future__ import annotations
 import smtplib
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,6 +18,17 @@ from trimail.models import SendRequest
 
 from .smtpserver import SMTPTestServer
 from .test_message import SMUGGLING
+
+
+@pytest.fixture(params=[False, True], ids=["one command at a time", "pipelined"])
+def smtp_server(request: pytest.FixtureRequest) -> Iterator[SMTPTestServer]:
+    """Every test here runs against a server without PIPELINING and one with it."""
+    server = SMTPTestServer(enable_SMTPUTF8=True, pipelining=request.param)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def envelope(**changes: Any) -> Envelope:

@@ -113,6 +113,13 @@ class MethodNotAllowed(RequestError):
     status = 405
     code = "method_not_allowed"
 
+    def __init__(self, message: str, details: Any = None, *, allow: str = "") -> None:
+        super().__init__(message, details)
+        self.allow = allow  # the methods the route takes, for the Allow header
+
+    def headers(self) -> dict[str, str]:
+        return {"Allow": self.allow} if self.allow else {}
+
 
 class RequestTimeout(RequestError):
     status = 408

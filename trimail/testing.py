@@ -10,8 +10,8 @@ import threading
 from collections import deque
 from collections.abc import Callable
 
+from .delivery.exchange import SendResult
 from .delivery.message import Envelope
-from .delivery.transport import SendResult
 
 
 class MemoryTransport:

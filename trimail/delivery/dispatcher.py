@@ -47,11 +47,12 @@ from ..ledger import Closing, Ledger, settle
 from ..store import AttemptResult, ClaimedJob, JobState, JobStore
 from . import outcomes
 from .concurrency import ConcurrencyLimit
+from .exchange import SendResult
 from .inflight import InFlight
 from .message import build_envelope
 from .pool import ConnectionPool
 from .retry import RetryPolicy
-from .transport import SendResult, Transport
+from .transport import Transport
 
 log = logging.getLogger(__name__)
 

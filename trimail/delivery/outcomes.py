@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from ..errors import DeliveryError
 from ..store import AttemptResult, ClaimedJob, JobState
+from .exchange import SendResult
 from .retry import RetryPolicy, Verdict, classify, classify_code
-from .transport import SendResult
 
 
 @dataclass(frozen=True, slots=True)

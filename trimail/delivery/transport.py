@@ -27,32 +27,19 @@ import smtplib
 import socket
 import ssl
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from ..config import SMTPSecurity, is_loopback
 from ..errors import PermanentDeliveryError, TransientDeliveryError
-from .failures import delivery_error, reply_text, timed_out, turned_away
+from .exchange import Exchange, SendResult, StaleConnection
+from .failures import delivery_error, reply_text, turned_away
 from .message import Envelope
 
 log = logging.getLogger(__name__)
 
-#: Reply codes that accept a recipient (RFC 5321 section 4.2.5).
-RCPT_ACCEPTED = (250, 251)
 #: RFC 5321 section 4.5.3.2.6: wait at least 10 minutes for the reply to the final dot.
 DATA_TIMEOUT = 600.0
-
-
-@dataclass(frozen=True, slots=True)
-class SendResult:
-    """The outcome of a transaction that reached DATA or refused every recipient.
-
-    ``refused`` maps each refused recipient to the server's ``(code, reply)``.
-    """
-
-    accepted: tuple[str, ...]
-    refused: dict[str, tuple[int, str]] = field(default_factory=dict)
 
 
 class Transport(Protocol):
@@ -136,21 +123,20 @@ class SMTPTransport:
         #: Whether the server is on this machine: credentials may go to it in clear text.
         self.local = is_loopback(host)
         self._smtp: smtplib.SMTP | None = None
+        self._exchange = Exchange(f"{host}:{port}", timeout, data_timeout)
 
     @property
     def connected(self) -> bool:
         return self._smtp is not None
 
-    def _open(self, envelope: Envelope) -> smtplib.SMTP:
-        """A new connection, with MAIL FROM accepted; marks pushback (see the module docstring)."""
+    def _open(self) -> smtplib.SMTP:
+        """A new connection, greeted, secured and logged in; marks pushback (module docstring)."""
         try:
-            smtp = self._connect()
-            self._mail_from(smtp, envelope)
+            return self._connect()
         except (smtplib.SMTPException, OSError) as exc:
             error = delivery_error(exc, self.host, self.port)
             error.pushback = turned_away(exc)
             raise error from exc
-        return smtp
 
     def _connect(self) -> smtplib.SMTP:
         smtp: smtplib.SMTP
@@ -222,21 +208,6 @@ class SMTPTransport:
         if code != 235:
             raise smtplib.SMTPAuthenticationError(code, reply)
 
-    def _mail_from(self, smtp: smtplib.SMTP, envelope: Envelope) -> None:
-        options = []
-        if envelope.smtputf8:
-            if not smtp.has_extn("smtputf8"):
-                raise PermanentDeliveryError(
-                    "an address has a non-ASCII local part and the SMTP server does not offer "
-                    "SMTPUTF8"
-                )
-            options += ["SMTPUTF8", "BODY=8BITMIME"]
-        if smtp.has_extn("size"):
-            options.append(f"SIZE={len(envelope.data)}")
-        code, reply = smtp.mail(envelope.sender, options)
-        if code != 250:
-            raise smtplib.SMTPSenderRefused(code, reply, envelope.sender)
-
     def send(self, envelope: Envelope) -> SendResult:
         """Run one SMTP transaction; see the class docstring for connection reuse.
 
@@ -250,71 +221,27 @@ class SMTPTransport:
 
     def _transaction(self, envelope: Envelope) -> SendResult:
         try:
-            smtp = self._smtp
-            if smtp is None or not self._mail_from_reused(smtp, envelope):
-                smtp = self._open(envelope)
-            refused = {}
-            for recipient in envelope.recipients:
-                code, reply = smtp.rcpt(recipient)
-                if code not in RCPT_ACCEPTED:
-                    refused[recipient] = (code, reply_text(reply))
-            accepted = tuple(r for r in envelope.recipients if r not in refused)
-            if not accepted:
-                self._reset(smtp)
-                return SendResult(accepted=(), refused=refused)
-            self._data(smtp, envelope.data)
-            return SendResult(accepted=accepted, refused=refused)
+            if self._smtp is not None:
+                try:
+                    return self._run(self._smtp, envelope)
+                except StaleConnection:  # closed while idle: nothing was sent, reconnect
+                    self._drop()
+            smtp = self._open()
+            try:
+                return self._run(smtp, envelope)
+            except StaleConnection as stale:  # on a new connection: the server turns us away
+                error = delivery_error(stale.cause, self.host, self.port)
+                error.pushback = True
+                raise error from stale.cause
         except BaseException:
             self._drop()
             raise
 
-    def _data(self, smtp: smtplib.SMTP, data: bytes) -> None:
-        """DATA, the message, then up to ``data_timeout`` for the reply to its final dot."""
-        code, reply = smtp.docmd("DATA")
-        if code != 354:
-            raise smtplib.SMTPDataError(code, reply)
-        smtp.send(dot_stuffed(data))
-        sock = smtp.sock
-        assert sock is not None  # send() raised if the connection was gone
-        sock.settimeout(self.data_timeout)
-        try:
-            code, reply = smtp.getreply()
-        except (smtplib.SMTPServerDisconnected, OSError) as exc:
-            waited = "no reply" if timed_out(exc) else "the connection ended"
-            raise TransientDeliveryError(
-                f"{waited} after the end of the message was sent to {self.host}:{self.port}; "
-                "the provider may already have it"
-            ) from exc
-        if code != 250:
-            raise smtplib.SMTPDataError(code, reply)
-        sock.settimeout(self.timeout)
-
-    def _mail_from_reused(self, smtp: smtplib.SMTP, envelope: Envelope) -> bool:
-        """MAIL FROM on a reused connection; False (and dropped) if the server had closed it."""
-        try:
-            self._mail_from(smtp, envelope)
-        except (smtplib.SMTPServerDisconnected, ConnectionError):
-            pass
-        except smtplib.SMTPSenderRefused as exc:
-            if exc.smtp_code != 421:  # 421: the server is closing an idle connection
-                raise
-        else:
-            return True
-        self._drop()
-        return False
-
-    def _reset(self, smtp: smtplib.SMTP) -> None:
-        """RSET after every recipient was refused; drop the connection unless it worked.
-
-        The refusals are the outcome either way: a failed RSET must neither replace
-        them nor leave the refused transaction open under the next MAIL FROM.
-        """
-        try:
-            code, _ = smtp.rset()
-        except (smtplib.SMTPException, OSError):
-            code = -1
-        if code != 250:
+    def _run(self, smtp: smtplib.SMTP, envelope: Envelope) -> SendResult:
+        result, reusable = self._exchange.run(smtp, envelope)
+        if not reusable:
             self._drop()
+        return result
 
     def _drop(self) -> None:
         smtp, self._smtp = self._smtp, None
@@ -337,17 +264,3 @@ class SMTPTransport:
             # the blocked call in the other thread just sees the connection end.
             with contextlib.suppress(OSError):
                 socket.socket.shutdown(sock, socket.SHUT_RDWR)
-
-
-def dot_stuffed(data: bytes) -> bytes:
-    """``data`` as sent after DATA: each line starting with a dot gets another, then CRLF.CRLF.
-
-    ``data`` has CRLF line endings only (:func:`~trimail.delivery.message.
-    check_line_endings` holds every built message to that).
-    """
-    stuffed = data.replace(b"\r\n.", b"\r\n..")
-    if stuffed.startswith(b"."):
-        stuffed = b"." + stuffed
-    if not stuffed.endswith(b"\r\n"):
-        stuffed += b"\r\n"
-    return stuffed + b".\r\n"

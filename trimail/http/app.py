@@ -37,7 +37,8 @@ from .access import Access
 from .gate import ASGIApp, ByteBudget, Gate
 from .metrics import Metrics
 from .openapi import build_openapi, dump, render_html
-from .routes import JobIdConverter, operations, sending
+from .routes import JobIdConverter, jobs, operations
+from .sending import ROUTES, SendEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -166,19 +167,21 @@ def create_app(
         (key.get_secret_value() for key in settings.api_keys),
         settings.metrics_key.get_secret_value() if settings.metrics_key else None,
     )
+    sends_mail = settings.role is not Role.DELIVERY
     app.asgi_app = Gate(  # type: ignore[method-assign,assignment]
         cast(ASGIApp, app.asgi_app),
         access,
         settings.max_request_bytes,
         ByteBudget(settings.max_inflight_bytes),
         app.metrics.request,
+        endpoints=dict.fromkeys(ROUTES, SendEndpoint(app)) if sends_mail else {},
     )
     document = build_openapi(version("trimail"))
     app.openapi_json = dump(document)
     app.docs_html = render_html(document)
     app.url_map.converters["job_id"] = JobIdConverter
     if settings.role is not Role.DELIVERY:
-        app.register_blueprint(sending)
+        app.register_blueprint(jobs)
     app.register_blueprint(operations)
     maintenance_scope = trio.CancelScope()
 

@@ -1,7 +1,8 @@
 """The ASGI layer in front of the Quart app: what is decided before a body is read.
 
 For every HTTP request, in this order, each refusal answered at once with
-``Connection: close`` (when a body may follow) so that nothing more is read:
+``Connection: close`` (when a body may follow) so that nothing more is read,
+before the request goes to its ``endpoints`` entry (sending) or to the app:
 
 1. **Who**: the route's :class:`~trimail.http.access.Guard` is checked from the headers
    and addresses alone (``401``); the caller's owner id goes into the scope.
@@ -23,7 +24,7 @@ with nobody reading it, stalling the next request on it.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 import trio
@@ -109,12 +110,15 @@ class Gate:
         max_request_bytes: int,
         budget: ByteBudget,
         on_answer: Callable[[str, int], None],
+        endpoints: Mapping[str, ASGIApp] | None = None,
     ) -> None:
         self.app = app
         self.access = access
         self.max_request_bytes = max_request_bytes
         self.budget = budget
         self.on_answer = on_answer  # (route label, status) for every answer
+        #: Paths answered without the app behind (trimail.http.sending: the hot path).
+        self.endpoints = dict(endpoints or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -126,7 +130,8 @@ class Gate:
             if refusal is not None:
                 await exchange.refuse(refusal)
             else:
-                await self.app(scope, exchange.receive, exchange.send)
+                app = self.endpoints.get(scope["path"], self.app)
+                await app(scope, exchange.receive, exchange.send)
         finally:
             exchange.release()
 
