@@ -549,6 +549,7 @@ class RunSpec:
     naive_threads: int = 256
     hypercorn_workers: int = 0  # trimail and ceiling: 0 = one process, K = hypercorn -w K
     uvicorn_workers: int = 1  # fastapi-mail
+    switch_interval: float | None = None  # trimail serve: sys.setswitchinterval (None: 5 ms)
     purpose: str = ""  # what the run is for (suite checks)
 
     @property
@@ -565,7 +566,8 @@ class RunSpec:
         if self.target == "trimail":
             per = "/proc" if self.hypercorn_workers > 1 else ""
             store = "" if self.store == "memory" else f" {self.store}"
-            return f"W={self.workers}{per} Q={self.queue_size}{per}{procs}{store}"
+            switch = "" if self.switch_interval is None else f" si={self.switch_interval * 1e3:g}ms"
+            return f"W={self.workers}{per} Q={self.queue_size}{per}{procs}{store}{switch}"
         if self.target == "ceiling":
             return f"1 proc{procs}" if not procs else procs[2:]
         if self.target == "fastapi-mail":
@@ -666,6 +668,10 @@ def server_command(
             env = server_env({f"TRIMAIL_{k.upper()}": v for k, v in settings.items()})
             return [*hypercorn, "trimail.http:create_app()"], env, REPO
         argv = [py, "-m", "trimail", "serve", "--host", LOOPBACK, "--port", str(http_port)]
+        if spec.switch_interval is not None:  # the GIL's switch interval, for its measurement
+            start = f"import sys; sys.setswitchinterval({spec.switch_interval}); "
+            start += "sys.argv[0] = 'trimail'; from trimail.cli import main; sys.exit(main())"
+            argv = [py, "-c", start, *argv[3:]]
         for key, value in settings.items():
             argv += ["--" + key.replace("_", "-"), value]
         return argv, server_env(), None
@@ -1248,6 +1254,7 @@ def base_spec(target: str, sink: str, opts: argparse.Namespace, **changes: Any) 
         naive_threads=opts.naive_threads or opts.workers,
         hypercorn_workers=opts.hypercorn_workers if target in ("trimail", "ceiling") else 0,
         uvicorn_workers=opts.uvicorn_workers,
+        switch_interval=opts.switch_interval,
     )
     return replace(spec, **changes)
 
@@ -1464,6 +1471,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--uvicorn-workers", type=int, default=1, help="fastapi-mail processes")
     parser.add_argument(
         "--stores", default="memory", help="trimail's stores: memory, sqlite, postgresql"
+    )
+    parser.add_argument(
+        "--switch-interval",
+        type=float,
+        default=None,
+        help="trimail (one process): sys.setswitchinterval in seconds (default: Python's 0.005)",
     )
     parser.add_argument(
         "--py-spy", action="store_true", help="profile each server during its load (py-spy)"

@@ -173,9 +173,17 @@ class Attachment(BaseModel):
 
     @property
     def mime_type(self) -> str:
-        """``content_type``, else the type guessed from the filename, else octet-stream."""
+        """``content_type``, else the type guessed from the filename, else octet-stream.
+
+        A guess of ``message/*`` or ``multipart/*`` (``.eml``, ``.mht``) is octet-stream:
+        an attachment travels base64-encoded, which those types do not allow.
+        """
+        if self.content_type:
+            return self.content_type
         guessed, _ = mimetypes.guess_type(self.filename, strict=False)
-        return self.content_type or guessed or "application/octet-stream"
+        if guessed is None or guessed.startswith(("message/", "multipart/")):
+            return "application/octet-stream"
+        return guessed
 
 
 class SendRequest(BaseModel):

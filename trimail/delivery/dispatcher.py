@@ -37,6 +37,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable
 
@@ -413,9 +414,17 @@ class Dispatcher:
         self.observer.finished(closing)
 
 
+#: Held while a message is built. Building is CPU-bound pure Python and C that holds
+#: the GIL: done by many threads at once, it would compete with the event loop many
+#: times over (the loop waits up to a switch interval for the GIL each time it gives
+#: it up), so it runs in one thread at a time; sending, mostly waiting, does not.
+_BUILDING = threading.Lock()
+
+
 def _send_in_thread(transport: Transport, job: ClaimedJob) -> SendResult:
     """Build the job's message, then send it to its pending recipients (in a thread)."""
-    envelope = build_envelope(job.request, job.id, job.created_at)
+    with _BUILDING:
+        envelope = build_envelope(job.request, job.id, job.created_at)
     if envelope.recipients != job.pending:
         envelope = dataclasses.replace(envelope, recipients=job.pending)
     return transport.send(envelope)
