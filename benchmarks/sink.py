@@ -8,6 +8,10 @@ Modes (``--mode``; ``--delay`` and ``--fail-every`` override their parts):
 - ``flaky``: like ``instant``, but answers ``451`` to every ``--fail-every``-th DATA (default
   10th), counting every DATA it receives, retries included.
 
+It offers PIPELINING (RFC 2920) in its EHLO reply, as Postfix, Amazon SES, Gmail and
+the other large providers do (aiosmtpd reads commands in order, so it copes with a
+client that pipelines); ``--no-pipelining`` turns that off.
+
 Each accepted message is reported with the benchmark token found in it (``bench-token-...``,
 which ``bench.py`` puts in the subject and the body of every request), so that the harness can
 tell which accepted requests were delivered, and which were delivered more than once.
@@ -45,9 +49,10 @@ TOKEN = re.compile(rb"bench-token-([A-Za-z0-9]+)")
 class SinkHandler:
     """aiosmtpd handler: optionally refuses every n-th DATA, waits ``delay``, counts the rest."""
 
-    def __init__(self, delay: float, fail_every: int = 0) -> None:
+    def __init__(self, delay: float, fail_every: int = 0, pipelining: bool = True) -> None:
         self.delay = delay
         self.fail_every = fail_every
+        self.pipelining = pipelining
         self.count = 0
         self.refused = 0
         self.data_commands = 0
@@ -58,6 +63,14 @@ class SinkHandler:
         content = envelope.original_content or b""
         match = TOKEN.search(content)
         return match.group(1).decode("ascii") if match else "-"
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: Any
+    ) -> Any:
+        session.host_name = hostname
+        if self.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         with self._lock:
@@ -103,6 +116,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="answer 451 to every n-th DATA; 0 never (mode's default)",
     )
     parser.add_argument(
+        "--no-pipelining",
+        dest="pipelining",
+        action="store_false",
+        help="do not offer PIPELINING in the EHLO reply",
+    )
+    parser.add_argument(
         "--max-size", type=int, default=32 * 1024 * 1024, help="largest message in bytes"
     )
     args = parser.parse_args(argv)
@@ -120,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     # Block the stop signals before the server thread starts (threads inherit the mask),
     # so that only the main thread's sigwait() below receives them.
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
-    handler = SinkHandler(args.delay, args.fail_every)
+    handler = SinkHandler(args.delay, args.fail_every, args.pipelining)
     smtp_kwargs: dict[str, Any] = {"data_size_limit": args.max_size, "enable_SMTPUTF8": True}
     controller = Controller(
         handler,
