@@ -256,3 +256,19 @@ def test_envelope_recipients_are_unique_and_include_bcc() -> None:
 def test_body_must_be_an_object(body: Any) -> None:
     """A JSON value that is not an object is refused as a whole."""
     assert errors_of(body)[0][1] == "model_type"
+
+
+def test_a_recurring_mailbox_is_checked_once_and_a_bad_one_every_time() -> None:
+    """The same address text is parsed once; an invalid one is refused on every request."""
+    from pydantic_core import PydanticCustomError
+
+    from trimail.mailbox import _parse_text, parse_mailbox
+
+    text = "Ada Lovelace <ada.cache-test@example.com>"
+    first = parse_mailbox(text)
+    hits = _parse_text.cache_info().hits
+    assert parse_mailbox(text) is first
+    assert _parse_text.cache_info().hits == hits + 1
+    for _ in range(2):
+        with pytest.raises(PydanticCustomError):
+            parse_mailbox("not an address")
