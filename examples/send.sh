@@ -3,8 +3,9 @@
 #
 #   TRIMAIL_URL=http://127.0.0.1:8080 TRIMAIL_API_KEY=... examples/send.sh [to] [subject]
 #
-# A 202 answer ({"id": "...", "status": "queued"}) means the mail was queued for delivery;
-# a 503 (queue_full) carries a Retry-After header saying when to try again.
+# A 202 answer ({"id": "...", "status": "queued"}) means the mail was queued for delivery
+# (exit 0); any 4xx or 5xx answer is printed too and the script exits 22 (curl's code for
+# it). A 503 (queue_full) carries a Retry-After header saying when to try again.
 set -euo pipefail
 
 url="${TRIMAIL_URL:-http://127.0.0.1:8080}"
@@ -22,7 +23,7 @@ if [[ -n "${TRIMAIL_API_KEY:-}" ]]; then
     auth=(-H "Authorization: Bearer ${TRIMAIL_API_KEY}")
 fi
 
-curl --silent --show-error \
+curl --silent --show-error --fail-with-body \
     -X POST "${url%/}/email/send" \
     -H "Content-Type: application/json" \
     ${auth[@]+"${auth[@]}"} \

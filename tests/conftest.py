@@ -79,6 +79,7 @@ def settings_for(server: SMTPTestServer | None = None, **overrides: Any) -> Sett
         "shutdown_grace": 5,
         "retry_base_delay": 1,
         "default_from": "trimail tests <tests@example.com>",
+        "smtp_check": False,  # tests that count connections see deliveries only
     }
     values.update(overrides)
     return Settings.model_validate(values)

@@ -122,6 +122,68 @@ def test_send_command_exit_status_and_json(service: str, smtp_server: SMTPTestSe
     assert json.loads(down.stdout)["error"]["code"] == "connection_failed"
 
 
+def test_send_and_status_wait_for_the_outcome(
+    service: str, smtp_server: SMTPTestServer, tmp_path: Path
+) -> None:
+    """--wait prints the final status (exit 0 when sent, 1 when failed); bodies come from
+    @FILE or stdin; a missing attachment is a usage error in one line of JSON."""
+    trimail = [sys.executable, "-m", "trimail"]
+    page = tmp_path / "page.html"
+    page.write_text("<p>from a file</p>")
+    sent = subprocess.run(
+        [*trimail, "send", "--to", "a@example.com", "--from", "s@example.com", "--subject", "s",
+         "--text", "@-", "--html", f"@{page}", "--wait"],
+        input="from stdin", capture_output=True, text=True, cwd=ROOT, timeout=60, check=False,
+        env={**os.environ, "TRIMAIL_URL": service, "TRIMAIL_API_KEY": "alpha"},
+    )  # fmt: skip
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    job = json.loads(sent.stdout)
+    assert (job["status"], job["attempts"]) == ("sent", 1)
+    mail = smtp_server.received[0].message
+    assert mail.get_body(("plain",)).get_content().strip() == "from stdin"
+    assert mail.get_body(("html",)).get_content().strip() == "<p>from a file</p>"
+    again = run(*trimail, "status", job["id"], "--wait", url=service, TRIMAIL_API_KEY="alpha")
+    assert (again.returncode, json.loads(again.stdout)["status"]) == (0, "sent")
+    smtp_server.fail("RCPT", "550 5.1.1 no such user")
+    failed = run(*trimail, "send", "--to", "gone@example.com", "--from", "s@example.com",
+                 "--subject", "s", "--text", "t", "--wait", url=service,
+                 TRIMAIL_API_KEY="alpha")  # fmt: skip
+    assert (failed.returncode, json.loads(failed.stdout)["status"]) == (1, "failed")
+    unknown = run(*trimail, "status", "0" * 32, url=service, TRIMAIL_API_KEY="alpha")
+    assert (unknown.returncode, json.loads(unknown.stdout)["error"]["code"]) == (1, "not_found")
+    missing = run(*trimail, "send", "--to", "a@example.com", "--subject", "s", "--text", "t",
+                  "--attach", str(tmp_path / "nope.pdf"), url=service)  # fmt: skip
+    assert missing.returncode == 2
+    assert json.loads(missing.stdout)["error"]["code"] == "usage"
+    assert "nope.pdf" in json.loads(missing.stdout)["error"]["message"]
+    assert "Traceback" not in missing.stderr
+    version = run(*trimail, "--version", url=service)
+    assert version.stdout.startswith("trimail ")
+
+
+def test_send_sh_exits_non_zero_on_an_error(service: str) -> None:
+    refused = run("bash", "examples/send.sh", "not-an-address", url=service,
+                  TRIMAIL_API_KEY="alpha")  # fmt: skip
+    assert refused.returncode != 0
+    assert "validation_error" in refused.stdout
+    assert "HTTP 422" in refused.stdout
+
+
+async def test_wait_polls_until_final_with_backoff(
+    service: str, smtp_server: SMTPTestServer
+) -> None:
+    """Client.wait and AsyncClient.wait return the final status; a short timeout raises."""
+    smtp_server.hold()
+    async with AsyncClient(service, "alpha") as client:
+        job = await client.send(MAIL)
+        with pytest.raises(TimeoutError, match="still"):
+            await client.wait(job.id, timeout=0.3)
+        smtp_server.release()
+        assert (await client.wait(job.id, timeout=30)).status == "sent"
+    with Client(service, "alpha") as blocking:
+        assert blocking.wait(job.id, timeout=30).status == "sent"
+
+
 def test_tool_definition_describes_the_request() -> None:
     """trimail tool prints send_email's schema: valid requests pass, an agent's slip fails."""
     printed = run(sys.executable, "-m", "trimail", "tool", url="")
@@ -158,3 +220,31 @@ def test_examples_run_against_dev_mode(services: list[Service], tmp_path: Path) 
         done = run(*command, url=url)
         assert done.returncode == 0, (command, done.stdout, done.stderr)
     wait_for(lambda: len(list(outbox.glob("*.eml"))) == 13)
+
+
+def test_the_readme_send_command_works_against_dev_mode(
+    services: list[Service], tmp_path: Path
+) -> None:
+    """In dev mode the README's ``trimail send`` works as written (the dev sender), a
+    ``localhost`` recipient is accepted, and provider settings are reported as ignored."""
+    outbox = tmp_path / "outbox"
+    service = start(services, tmp_path, "--dev", "--outbox", str(outbox), "--port", "0",
+                    env={"TRIMAIL_SMTP_HOST": "smtp.example.com"})  # fmt: skip
+    url = service.wait_ready()
+    assert "TRIMAIL_SMTP_HOST is ignored" in service.log()
+    trimail = [sys.executable, "-m", "trimail", "send"]
+    for recipient in ("you@example.com", "me@localhost"):
+        done = run(*trimail, "--to", recipient, "--subject", "Hello", "--text", "It works.",
+                   url=url)  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+    wait_for(lambda: len(list(outbox.glob("*.eml"))) == 2)
+    mails = [path.read_text() for path in outbox.glob("*.eml")]
+    assert all('From: "trimail (dev)" <trimail@localhost>' in mail for mail in mails)
+    assert any("To: me@localhost" in mail for mail in mails)
+
+
+def test_outside_dev_mode_a_one_label_domain_is_refused(service: str) -> None:
+    answer = httpx.post(f"{service}/email/send", json={**MAIL, "to": "me@localhost"},
+                        headers={"Authorization": "Bearer alpha"}, timeout=10)  # fmt: skip
+    assert answer.status_code == 422
+    assert answer.json()["error"]["details"][0]["field"] == "to[0]"

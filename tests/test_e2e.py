@@ -57,7 +57,8 @@ def test_serve_accepts_while_provider_stalls_then_drains_on_sigterm(
         ids = {first.json()["id"], second.json()["id"]}
 
         service.signal(signal.SIGTERM)
-        wait_for(lambda: "finishing accepted jobs" in service.log())
+        wait_for(lambda: "received SIGTERM: finishing 2 accepted job(s)" in service.log())
+        assert "send it again to stop at once" in service.log()
         refused = client.post("/email/send", json=MAIL)
         assert refused.status_code == 503
         assert refused.json()["error"]["code"] == "shutting_down"
@@ -67,6 +68,8 @@ def test_serve_accepts_while_provider_stalls_then_drains_on_sigterm(
     assert service.wait() == 0
     assert final_outcomes(service.log()) == {job_id: ["sent"] for job_id in ids}
     assert len(smtp_server.received) == 2
+    last = service.log().strip().splitlines()[-1]
+    assert last.endswith("stopped: 2 sent, 0 failed, 0 not delivered, 0 left queued")
 
 
 def test_grace_expiry_logs_not_delivered_and_exits_zero(
@@ -148,11 +151,12 @@ def test_second_signal_ends_the_grace(
     job_id = httpx.post(f"{url}/email/send", json=MAIL, timeout=10).json()["id"]
     wait_for(lambda: smtp_server.holding)
     service.signal(signal.SIGTERM)
-    wait_for(lambda: "finishing accepted jobs" in service.log())
+    wait_for(lambda: "finishing 1 accepted job(s)" in service.log())
     service.signal(signal.SIGTERM)
     assert service.wait(timeout=60) == 0  # far below the 600 s grace
     assert "stopping now" in service.log()
     assert final_outcomes(service.log()) == {job_id: ["not delivered"]}
+    assert "stopped: 0 sent, 0 failed, 1 not delivered, 0 left queued" in service.log()
 
 
 def test_dev_mode_writes_eml_files(services: list[Service], tmp_path: Path) -> None:

@@ -103,6 +103,43 @@ def test_a_body_is_required() -> None:
     assert errors_of(valid(text=None)) == [((), "body_required")]
 
 
+def test_every_problem_comes_in_one_round() -> None:
+    """A bad address and a missing body are reported together, not one after the other."""
+    assert errors_of(valid(to="bob", text=None)) == [
+        (("to", 0), "invalid_address"),
+        (("text",), "body_required"),
+    ]
+    assert errors_of(valid(to=None, subject=None, text=None)) == [
+        (("to",), "missing"),
+        (("subject",), "missing"),
+        (("text",), "body_required"),
+    ]
+
+
+@pytest.mark.parametrize("field", ["to", "cc", "bcc", "reply_to"])
+@pytest.mark.parametrize("value", [5, {"address": "a@example.com"}, True])
+def test_a_recipient_field_is_an_address_or_a_list(field: str, value: Any) -> None:
+    with pytest.raises(ValidationError) as info:
+        SendRequest.model_validate(valid(**{field: value}))
+    (error,) = info.value.errors()
+    assert (error["loc"], error["type"]) == ((field,), "string_or_list_type")
+    assert error["msg"] == "Input should be an address or a list of addresses"
+
+
+def test_one_label_domains_only_in_dev_mode() -> None:
+    """``me@localhost`` is accepted with ``local_domains`` (dev mode), refused otherwise."""
+    assert errors_of(valid(to="me@localhost")) == [(("to", 0), "invalid_address")]
+    request = SendRequest.model_validate(
+        valid(to="Me <me@localhost>", **{"from": None}),
+        context={"local_domains": True, "default_from": "trimail (dev) <trimail@localhost>"},
+    )
+    assert [str(m) for m in request.to] == ["Me <me@localhost>"]
+    assert request.sender.address == "trimail@localhost"
+    assert errors_of(valid(to="me@local_host"), local_domains=True) == [
+        (("to", 0), "invalid_address")
+    ]
+
+
 def test_html_alone_is_enough() -> None:
     """html without text is a valid request."""
     assert SendRequest.model_validate(valid(text=None, html="<p>hi</p>")).html == "<p>hi</p>"
@@ -262,13 +299,13 @@ def test_a_recurring_mailbox_is_checked_once_and_a_bad_one_every_time() -> None:
     """The same address text is parsed once; an invalid one is refused on every request."""
     from pydantic_core import PydanticCustomError
 
-    from trimail.mailbox import _parse_text, parse_mailbox
+    from trimail.mailbox import parse_mailbox, parse_text
 
     text = "Ada Lovelace <ada.cache-test@example.com>"
     first = parse_mailbox(text)
-    hits = _parse_text.cache_info().hits
+    hits = parse_text.cache_info().hits
     assert parse_mailbox(text) is first
-    assert _parse_text.cache_info().hits == hits + 1
+    assert parse_text.cache_info().hits == hits + 1
     for _ in range(2):
         with pytest.raises(PydanticCustomError):
             parse_mailbox("not an address")

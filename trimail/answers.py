@@ -48,10 +48,16 @@ class FieldError(BaseModel):
     message: str
 
 
+class RetryAfter(BaseModel):
+    retry_after: int = Field(description="Seconds to wait before retrying, as Retry-After says.")
+
+
 class ErrorDetail(BaseModel):
     code: str = Field(description="Machine-readable; one of a closed set.")
     message: str = Field(description="What to change, in one sentence.")
-    details: list[FieldError] | None = Field(None, description="With validation_error only.")
+    details: list[FieldError] | RetryAfter | None = Field(
+        None, description="The problems of a validation_error; the delay of a 503."
+    )
 
 
 class ErrorBody(BaseModel):

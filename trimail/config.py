@@ -48,6 +48,12 @@ DURABLE_QUEUE_BYTES = 4 * 1024 * MiB
 DEFAULT_WORKERS = 256
 
 
+#: The sender in dev mode (``trimail serve --dev``) when TRIMAIL_DEFAULT_FROM is unset.
+DEV_SENDER = "trimail (dev) <trimail@localhost>"
+#: Settings that dev mode replaces with its local sink: set, they are ignored (with a warning).
+DEV_REPLACED = ("smtp_host", "smtp_port", "smtp_security", "smtp_username", "smtp_password")
+
+
 class SMTPSecurity(str, Enum):
     """How the connection to the SMTP server is protected."""
 
@@ -191,6 +197,11 @@ class Settings(BaseSettings):
     smtp_idle_timeout: Seconds = Field(
         30.0, gt=0, description="Seconds an unused SMTP connection stays open."
     )
+    smtp_check: bool = Field(
+        True,
+        description="Check the provider at start (connect, TLS, AUTH, NOOP); the verdict "
+        "is logged and trimail starts either way.",
+    )
     smtp_ca_file: Path | None = Field(
         None, description="Extra CA bundle (PEM) to trust for the SMTP server's certificate."
     )
@@ -222,6 +233,9 @@ class Settings(BaseSettings):
     )
     log_format: LogFormat = Field(LogFormat.TEXT, description="text | json.")
     log_level: str = Field("INFO", description="DEBUG | INFO | WARNING | ERROR.")
+    access_log: bool = Field(
+        True, description="One line per HTTP request on the trimail.access logger."
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -169,12 +169,15 @@ class ValidationFailed(RequestError):
 
 
 class Unavailable(HTTPError):
-    """The service is healthy but cannot take the job now; the caller should retry later."""
+    """The service is healthy but cannot take the job now; the caller should retry later.
+
+    ``Retry-After`` and ``details.retry_after`` both say how many seconds to wait.
+    """
 
     status = 503
 
     def __init__(self, message: str, retry_after: int, details: Any = None) -> None:
-        super().__init__(message, details)
+        super().__init__(message, {"retry_after": retry_after} if details is None else details)
         self.retry_after = retry_after
 
     def headers(self) -> dict[str, str]:
@@ -200,6 +203,12 @@ class ShuttingDown(Unavailable):
         return {**super().headers(), "Connection": "close"}
 
 
+class ProviderUnavailable(Unavailable):
+    """``/readyz`` only: the SMTP provider cannot be used (see trimail.delivery.provider)."""
+
+    code = "provider_unavailable"
+
+
 class StoreUnavailable(Unavailable):
     """The job store cannot be reached or used now; nothing was stored.
 
@@ -221,7 +230,9 @@ class DeliveryError(TrimailError):
     ``pushback`` is true when the server turned the connection away before any
     mail was offered (connection refused or closed at once, a ``4xx`` greeting,
     ``421`` before ``MAIL``): the usual answer of a provider to too many
-    connections (see :mod:`trimail.delivery.concurrency`).
+    connections (see :mod:`trimail.delivery.concurrency`). ``provider`` is true when
+    the attempt failed before any mail was offered (connecting, TLS, AUTH): the
+    provider or its settings are at fault, not the message or its recipients.
     """
 
     def __init__(
@@ -231,6 +242,7 @@ class DeliveryError(TrimailError):
         self.reason = reason
         self.smtp_code = smtp_code
         self.pushback = pushback
+        self.provider = False
 
 
 class TransientDeliveryError(DeliveryError):

@@ -13,6 +13,7 @@ close: at shutdown they are the ones it writes a closing line for.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterable
 from enum import Enum
 
@@ -34,6 +35,8 @@ class Ledger:
 
     def __init__(self) -> None:
         self.open: set[str] = set()
+        #: Closing lines written by this process, by outcome.
+        self.closed: Counter[Closing] = Counter()
 
     def accepted(self, job_id: str, recipients: int) -> None:
         self.open.add(job_id)
@@ -96,6 +99,7 @@ class Ledger:
     ) -> None:
         """The job's closing line; ``refused`` maps recipients refused for good to replies."""
         self.open.discard(job_id)
+        self.closed[closing] += 1
         refused = refused or {}
         listed = "; ".join(f"{rcpt}: {why}" for rcpt, why in refused.items())
         parts = [f"job {job_id} {closing.value}"]
@@ -124,6 +128,10 @@ class Ledger:
     def forget(self, job_ids: Iterable[str]) -> None:
         """Stop answering for jobs another instance has closed."""
         self.open.difference_update(job_ids)
+
+    def tally(self) -> str:
+        """The closing lines so far, as ``3 sent, 1 failed, 0 not delivered, 0 left queued``."""
+        return ", ".join(f"{self.closed[closing]} {closing.value}" for closing in Closing)
 
 
 async def settle(store: JobStore, ledger: Ledger, now: float, cut: set[str]) -> None:

@@ -4,6 +4,8 @@ Records go through a :class:`~logging.handlers.QueueHandler` so that a slow
 stderr (a pipe, a terminal, a log shipper) never blocks the event loop; the
 listener thread formats and writes them. Fields passed in ``extra`` (``job_id``,
 ``attempt``, ``smtp_code``, ``duration_ms``, ``outcome``...) are kept as JSON keys.
+Every line carries the process id, for processes that share one log
+(``hypercorn --workers N``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class JSONFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
+            "pid": record.process,
             "message": record.getMessage(),
         }
         payload.update(
@@ -43,7 +46,7 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(payload, default=str, ensure_ascii=False)
 
 
-TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+TEXT_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
 
 
 class _NoCopyQueueHandler(logging.handlers.QueueHandler):

@@ -27,9 +27,9 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
-from .mailbox import Mailbox, check_encodable, check_header_text, parse_mailbox
+from .mailbox import Mailbox, check_encodable, check_header_text, parse_mailbox, validate_mailbox
 
 #: RFC 5322 field name: printable US-ASCII except the colon.
 _FIELD_NAME = re.compile(r"[!-9;-~]+")
@@ -49,6 +49,8 @@ DEFAULT_MAX_RECIPIENTS = 50
 #: and small enough that checking them costs microseconds.
 MAX_HEADERS = 100
 MAX_ATTACHMENTS = 100
+#: The rule of a request with neither text nor html.
+BODY_REQUIRED = "body_required"
 #: The fields whose addresses count toward TRIMAIL_MAX_RECIPIENTS.
 ADDRESS_FIELDS = ("to", "cc", "bcc", "reply_to")
 
@@ -87,6 +89,19 @@ def _problem(field: str, rule: str, message: str) -> InitErrorDetails:
     )
 
 
+def _kept(error: ErrorDetails) -> InitErrorDetails:
+    """An error already found, to be raised again with others (its rule, message and place)."""
+    context = {"message": error["msg"]}
+    field = (error.get("ctx") or {}).get("field")
+    if field is not None:
+        context["field"] = field
+    return InitErrorDetails(
+        type=PydanticCustomError(error["type"], "{message}", context),
+        loc=error["loc"],
+        input=error["input"],
+    )
+
+
 def json_values_limit(max_recipients: int) -> int:
     """More JSON values than the largest valid batch can hold (see trimail.http.body)."""
     per_message = max_recipients + 4 * MAX_HEADERS + 16 * MAX_ATTACHMENTS + 64
@@ -94,7 +109,14 @@ def json_values_limit(max_recipients: int) -> int:
 
 
 def _as_list(value: Any) -> Any:
-    return [value] if isinstance(value, str) else value
+    """One address becomes a list of one; anything but a string or a list is refused."""
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list):
+        raise PydanticCustomError(
+            "string_or_list_type", "Input should be an address or a list of addresses"
+        )
+    return value
 
 
 _MAILBOX_SCHEMA = {
@@ -103,7 +125,7 @@ _MAILBOX_SCHEMA = {
     "examples": ["Ada Lovelace <ada@example.com>"],
 }
 MailboxField = Annotated[
-    Mailbox, PlainValidator(parse_mailbox), PlainSerializer(str), WithJsonSchema(_MAILBOX_SCHEMA)
+    Mailbox, PlainValidator(validate_mailbox), PlainSerializer(str), WithJsonSchema(_MAILBOX_SCHEMA)
 ]
 MailboxList = Annotated[
     list[MailboxField],
@@ -190,7 +212,7 @@ class SendRequest(BaseModel):
     """One email to send."""
 
     # Validate with SendRequest.model_validate(data, context={"default_from": str | None,
-    # "max_recipients": int}); both context keys are optional.
+    # "max_recipients": int, "local_domains": bool}); every context key is optional.
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -236,7 +258,22 @@ class SendRequest(BaseModel):
             problems = over_limits(data, limit)
             if problems:
                 raise ValidationError.from_exception_data(cls.__name__, problems)
-        return handler(data)
+        try:
+            return handler(data)
+        except ValidationError as exc:
+            found = exc.errors(include_url=False)
+            if (
+                not isinstance(data, dict)
+                or data.get("text") is not None
+                or data.get("html") is not None
+                or any(error["type"] == BODY_REQUIRED for error in found)
+            ):
+                raise
+            # The missing body is reported with the other problems, in the same answer
+            # (the after-validator that checks it runs only when everything else passed).
+            again = [_kept(error) for error in found]
+            again.append(_problem("text", BODY_REQUIRED, "give text, html or both"))
+            raise ValidationError.from_exception_data(cls.__name__, again) from None
 
     @field_validator("from_", mode="after")
     @classmethod
@@ -248,7 +285,7 @@ class SendRequest(BaseModel):
             raise PydanticCustomError(
                 "missing", "Field required (or configure TRIMAIL_DEFAULT_FROM on the server)"
             )
-        return parse_mailbox(default)
+        return parse_mailbox(default, bool((info.context or {}).get("local_domains")))
 
     @field_validator("subject")
     @classmethod
@@ -299,7 +336,7 @@ class SendRequest(BaseModel):
     @model_validator(mode="after")
     def _body_given(self) -> SendRequest:
         if self.text is None and self.html is None:
-            raise PydanticCustomError("body_required", "give text, html or both", {"field": "text"})
+            raise PydanticCustomError(BODY_REQUIRED, "give text, html or both", {"field": "text"})
         return self
 
     @property

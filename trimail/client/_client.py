@@ -28,10 +28,18 @@ import httpx
 from ..answers import Accepted, JobStatus
 from ..errors import ConnectionFailed, from_answer
 
-__all__ = ["DEFAULT_URL", "AsyncClient", "Client", "message_from"]
+__all__ = ["DEFAULT_URL", "FINAL_STATUSES", "AsyncClient", "Client", "message_from"]
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 RETRY_STATUSES = frozenset({429, 503})
+#: The statuses a job does not leave.
+FINAL_STATUSES = frozenset({"sent", "failed", "undelivered"})
+#: Seconds between status polls in :meth:`Client.wait`: the first, and the longest.
+FIRST_POLL, LONGEST_POLL = 0.1, 5.0
+
+
+def _next_poll(poll: float) -> float:
+    return min(poll * 2, LONGEST_POLL)
 
 
 def message_from(message: Mapping[str, Any] | None, fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -177,6 +185,20 @@ class Client:
         """The job's status (queued, sending, retrying, sent, failed or undelivered)."""
         return JobStatus.model_validate(self._call(_Calls.status(job_id)))
 
+    def wait(self, job_id: str, timeout: float = 60.0) -> JobStatus:
+        """Poll the job's status (0.1 s, doubling up to 5 s) until it is final (sent,
+        failed or undelivered) and return it; ``TimeoutError`` after ``timeout`` seconds."""
+        deadline, poll = time.monotonic() + timeout, FIRST_POLL
+        while True:
+            job = self.status(job_id)
+            if job.status in FINAL_STATUSES:
+                return job
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"job {job_id} is still {job.status} after {timeout:g} s")
+            time.sleep(min(poll, left))
+            poll = _next_poll(poll)
+
 
 class AsyncClient:
     """The same as :class:`Client` for ``await``; works under trio and asyncio."""
@@ -243,3 +265,16 @@ class AsyncClient:
     async def status(self, job_id: str) -> JobStatus:
         """The job's status (queued, sending, retrying, sent, failed or undelivered)."""
         return JobStatus.model_validate(await self._call(_Calls.status(job_id)))
+
+    async def wait(self, job_id: str, timeout: float = 60.0) -> JobStatus:
+        """As :meth:`Client.wait`; cancellation stops the polling at once."""
+        deadline, poll = time.monotonic() + timeout, FIRST_POLL
+        while True:
+            job = await self.status(job_id)
+            if job.status in FINAL_STATUSES:
+                return job
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"job {job_id} is still {job.status} after {timeout:g} s")
+            await anyio.sleep(min(poll, left))
+            poll = _next_poll(poll)

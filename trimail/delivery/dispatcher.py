@@ -52,6 +52,7 @@ from .exchange import SendResult
 from .inflight import InFlight
 from .message import build_envelope
 from .pool import ConnectionPool
+from .provider import ProviderState
 from .retry import RetryPolicy
 from .transport import Transport
 
@@ -109,6 +110,7 @@ class Dispatcher:
         clock: Callable[[], float] = time.time,
         poll_interval: float = 1.0,
         attempt_deadline: float | None = None,
+        provider: ProviderState | None = None,
     ) -> None:
         self.store = store
         self.ledger = ledger or Ledger()
@@ -119,6 +121,8 @@ class Dispatcher:
         self.observer = observer or Observer()
         self.clock = clock
         self.poll_interval = poll_interval
+        #: What attempts have shown of the provider (readiness; see .provider).
+        self.provider = provider or ProviderState()
         if attempt_deadline is None:
             attempt_deadline = lease_seconds - min(LEASE_MARGIN, lease_seconds / 10)
         #: Seconds an attempt may run before the watchdog cuts it (``math.inf``: no limit).
@@ -349,10 +353,13 @@ class Dispatcher:
             return
         now = self.clock()
         if isinstance(sent, SendResult):
+            self.provider.succeeded()
             if self._limit.delivered(trio.current_time()):
                 log.info("concurrency back to %d connection(s)", self._limit.allowed)
             attempted = outcomes.after_send(job, sent, self.retry, now)
         elif isinstance(sent, DeliveryError):
+            if sent.provider and not expired:
+                self.provider.failed(sent.reason)
             if expired:
                 sent = TransientDeliveryError(
                     f"the attempt was cut at its deadline ({self.attempt_deadline:.0f} s); "

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ..config import SMTPSecurity, is_loopback
-from ..errors import PermanentDeliveryError, TransientDeliveryError
+from ..errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from .exchange import Exchange, SendResult, StaleConnection
 from .failures import delivery_error, reply_text, turned_away
 from .message import Envelope
@@ -133,10 +133,37 @@ class SMTPTransport:
         """A new connection, greeted, secured and logged in; marks pushback (module docstring)."""
         try:
             return self._connect()
-        except (smtplib.SMTPException, OSError) as exc:
+        except (smtplib.SMTPException, OSError, DeliveryError) as exc:
             error = delivery_error(exc, self.host, self.port)
-            error.pushback = turned_away(exc)
+            error.pushback = error.pushback or turned_away(exc)
+            error.provider = True
             raise error from exc
+
+    def check(self) -> str:
+        """Connect, secure, log in, ``NOOP`` and ``QUIT``, as a delivery would before its
+        first ``MAIL``; return what was done, in one line, or raise the
+        :class:`~trimail.errors.DeliveryError` a delivery would have met."""
+        try:
+            smtp = self._open()
+        except BaseException:
+            self._drop()
+            raise
+        try:
+            code, reply = smtp.noop()
+            if code != 250:
+                raise smtplib.SMTPResponseException(code, reply)
+            encrypted = isinstance(smtp.sock, ssl.SSLSocket)
+        except (smtplib.SMTPException, OSError) as exc:
+            self._drop()
+            error = delivery_error(exc, self.host, self.port)
+            error.provider = True
+            raise error from exc
+        self.close()
+        return (
+            f"{self.host}:{self.port} answered NOOP over "
+            + ("TLS" if encrypted else "a connection in clear text")
+            + (f", logged in as {self.username!r}" if self.username else ", without AUTH")
+        )
 
     def _connect(self) -> smtplib.SMTP:
         smtp: smtplib.SMTP

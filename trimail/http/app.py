@@ -23,8 +23,9 @@ from typing import Any, cast
 import trio
 from quart_trio import QuartTrio
 
-from ..config import Role, Settings, load_settings
+from ..config import DEV_SENDER, Role, Settings, load_settings
 from ..delivery.dispatcher import Dispatcher
+from ..delivery.provider import check_at_start
 from ..delivery.retry import RetryPolicy
 from ..delivery.transport import SMTPTransport, Transport, make_tls_context
 from ..intake import Intake
@@ -134,12 +135,15 @@ def create_app(
     store: JobStore | None = None,
     setup_logging: bool = True,
     clock: Callable[[], float] = time.time,
+    dev: bool = False,
 ) -> TrimailApp:
     """Build the app; the store and delivery start when it starts serving, and stop with it.
 
     ``settings`` default to the ``TRIMAIL_*`` environment; ``transport_factory``
     to SMTP as configured (tests pass :class:`trimail.testing.MemoryTransport`);
-    ``store`` to the one ``settings.store`` names, opened at startup.
+    ``store`` to the one ``settings.store`` names, opened at startup. ``dev``
+    (``trimail serve --dev``) sends from :data:`~trimail.config.DEV_SENDER` when no
+    default sender is configured, and accepts one-label domains such as ``localhost``.
     """
     settings = settings or load_settings()
     if setup_logging:
@@ -158,8 +162,9 @@ def create_app(
     # starts it before after_serving runs: it must outlast the drain.
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = settings.shutdown_grace + SHUTDOWN_MARGIN
     app.validation_context = {
-        "default_from": settings.default_from,
+        "default_from": settings.default_from or (DEV_SENDER if dev else None),
         "max_recipients": settings.max_recipients,
+        "local_domains": dev,
     }
     app.json_values_limit = json_values_limit(settings.max_recipients)
     app.metrics = Metrics()
@@ -175,6 +180,7 @@ def create_app(
         ByteBudget(settings.max_inflight_bytes),
         app.metrics.request,
         endpoints=dict.fromkeys(ROUTES, SendEndpoint(app)) if sends_mail else {},
+        request_log=settings.access_log,
     )
     document = build_openapi(version("trimail"))
     app.openapi_json = dump(document)
@@ -199,9 +205,10 @@ def create_app(
         app.metrics.watch(app)
         await app.nursery.start(_keep_house, app.maintenance, maintenance_scope)
         if settings.role is not Role.API:
+            transports = transport_factory or smtp_transport_factory(settings)
             app.dispatcher = Dispatcher(
                 app.store,
-                transport_factory or smtp_transport_factory(settings),
+                transports,
                 ledger=app.ledger,
                 workers=settings.workers,
                 idle_timeout=settings.smtp_idle_timeout,
@@ -213,6 +220,8 @@ def create_app(
             )
             app.intake.on_accept = app.dispatcher.wake
             await app.nursery.start(_deliver, app, app.dispatcher)
+            if settings.smtp_check:  # in the background: a slow provider must not delay start
+                app.nursery.start_soon(check_at_start, transports(), app.dispatcher.provider)
         app.intake.accepting = settings.role is not Role.DELIVERY
         log.info(
             "trimail %s (role %s, store %s) delivering through %s:%d (security %s) over up to "

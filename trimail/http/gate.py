@@ -24,6 +24,7 @@ with nobody reading it, stalling the next request on it.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
@@ -31,6 +32,7 @@ import trio
 
 from ..errors import HTTPError, PayloadTooLarge, ServerBusy, Unauthorized
 from .access import Access, Guard
+from .requestlog import log_request
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -40,6 +42,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: The scope key under which the caller's owner id reaches the routes.
 OWNER = "trimail.owner"
+#: The status logged for a request whose caller left before any answer (as nginx does).
+CLIENT_CLOSED = 499
 #: Seconds a caller refused for lack of room is told to wait: in-flight bodies
 #: finish within a request timeout, usually within milliseconds (a guess).
 SERVER_BUSY_RETRY_AFTER = 1
@@ -111,6 +115,7 @@ class Gate:
         budget: ByteBudget,
         on_answer: Callable[[str, int], None],
         endpoints: Mapping[str, ASGIApp] | None = None,
+        request_log: bool = True,
     ) -> None:
         self.app = app
         self.access = access
@@ -119,11 +124,13 @@ class Gate:
         self.on_answer = on_answer  # (route label, status) for every answer
         #: Paths answered without the app behind (trimail.http.sending: the hot path).
         self.endpoints = dict(endpoints or {})
+        self.request_log = request_log  # one line per request (trimail.http.requestlog)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        started = time.perf_counter()
         exchange = _Exchange(self, scope, receive, send)
         try:
             refusal = exchange.admit()
@@ -134,6 +141,9 @@ class Gate:
                 await app(scope, exchange.receive, exchange.send)
         finally:
             exchange.release()
+            if self.request_log:
+                status = exchange.status or CLIENT_CLOSED
+                log_request(scope, status, time.perf_counter() - started, scope.get(OWNER))
 
 
 class _Exchange:
@@ -145,6 +155,7 @@ class _Exchange:
         self._receive = receive
         self._send = send
         self.reserved = 0
+        self.status: int | None = None  # of the answer, once it started
         self.length: int | None = None
         chunked = False
         for name, value in scope["headers"]:
@@ -196,6 +207,7 @@ class _Exchange:
             headers = list(message.get("headers", ()))
             if not self.body_complete and not any(name == CLOSE[0] for name, _ in headers):
                 message["headers"] = [*headers, CLOSE]
+            self.status = message["status"]
             self.gate.on_answer(route_label(self.scope["path"]), message["status"])
         with trio.CancelScope(shield=True):  # see the module docstring
             await self._send(message)

@@ -90,6 +90,10 @@ async def healthz() -> Response:
     )
 
 
+#: Seconds /readyz suggests waiting while the provider fails (deliveries retry meanwhile).
+PROVIDER_RETRY_AFTER = 5
+
+
 @operations.get("/readyz")
 async def readyz() -> Response:
     """200 while this instance does its role; 503 with the reason if not."""
@@ -99,6 +103,11 @@ async def readyz() -> Response:
     stats, settings = await app.maintenance.current(), app.settings
     if app.maintenance.error is not None:
         raise errors.StoreUnavailable("the job store does not answer; retry after the delay given")
+    if app.dispatcher is not None and app.dispatcher.provider.problem is not None:
+        raise errors.ProviderUnavailable(
+            f"the SMTP provider cannot be used: {app.dispatcher.provider.problem}",
+            retry_after=PROVIDER_RETRY_AFTER,
+        )
     if app.settings.role is not Role.DELIVERY and (
         stats.outstanding >= settings.effective_queue_size
         or stats.bytes >= settings.effective_queue_bytes

@@ -27,6 +27,7 @@ import trio
 from .. import errors
 from .gate import OWNER, Message, Receive, Scope, Send
 from .idempotency import check_key, fingerprint
+from .requestlog import JOBS
 from .validation import Validate, batch_of_messages, messages, one_message
 
 if TYPE_CHECKING:
@@ -58,6 +59,8 @@ class SendEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             status, body, headers = await self._answer(scope, receive)
+            if status == 202:  # for the request log
+                scope[JOBS] = [body["id"]] if "id" in body else [d["id"] for d in body["data"]]
         except errors.HTTPError as error:
             status, body, headers = error.status, {"error": error.payload()}, error.headers()
         except _Disconnected:

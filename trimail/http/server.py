@@ -52,7 +52,7 @@ def hypercorn_config(settings: Settings) -> HypercornConfig:
     return config
 
 
-async def serve(settings: Settings, app: TrimailApp | None = None) -> int:
+async def serve(settings: Settings, app: TrimailApp | None = None, *, dev: bool = False) -> int:
     """Serve until SIGTERM or SIGINT, drain while still answering; return the exit status.
 
     The status is 0, or :data:`~trimail.http.app.EXIT_DELIVERY_FAILED` when the server
@@ -60,13 +60,15 @@ async def serve(settings: Settings, app: TrimailApp | None = None) -> int:
     """
     if app is None:  # open the store first: an unreachable one stops trimail before it listens
         store = await open_store(settings.store, store_limits(settings))
-        app = create_app(settings, store=store, setup_logging=False)
+        app = create_app(settings, store=store, setup_logging=False, dev=dev)
     app.exit_on_failure = False  # stopped here, gracefully, instead
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
 
         async def first_signal() -> None:
             async for signum in signals:
-                log.info("received %s: finishing accepted jobs", signal.Signals(signum).name)
+                log.info("received %s: finishing %d accepted job(s) within %g s; send it again "
+                         "to stop at once", signal.Signals(signum).name, len(app.ledger.open),
+                         settings.shutdown_grace)  # fmt: skip
                 return
 
         async def drain_on_signal() -> None:
@@ -92,7 +94,8 @@ async def serve(settings: Settings, app: TrimailApp | None = None) -> int:
 
         await hypercorn_serve(app, hypercorn_config(settings), shutdown_trigger=drain_on_signal)
     if app.delivery_failed.is_set():
-        log.error("stopped because delivery had stopped (exit status %d)", EXIT_DELIVERY_FAILED)
+        log.error("stopped because delivery had stopped (exit status %d): %s",
+                  EXIT_DELIVERY_FAILED, app.ledger.tally())  # fmt: skip
         return EXIT_DELIVERY_FAILED
-    log.info("stopped")
+    log.info("stopped: %s", app.ledger.tally())
     return 0
