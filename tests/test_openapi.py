@@ -42,7 +42,7 @@ async def test_every_route_is_documented(running_app: TrimailApp) -> None:
     for rule in running_app.url_map.iter_rules():
         if rule.endpoint == "static":
             continue
-        path = rule.rule.replace("<job_id:job_id>", "{job_id}")
+        path = rule.rule.replace("<job_id:job_id>", "{job_id}").replace("<name>", "{name}")
         methods = {m.lower() for m in rule.methods or ()} - {"head", "options"}
         assert methods <= set(document["paths"][path]), (path, methods)
 

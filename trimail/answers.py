@@ -34,8 +34,8 @@ class JobStatus(BaseModel):
         description="undelivered: the memory store's job when its process stopped."
     )
     attempts: int
-    created_at: str = Field(description="RFC 3339, UTC.")
-    updated_at: str = Field(description="RFC 3339, UTC.")
+    created_at: str = Field(description="RFC 3339, UTC.", json_schema_extra={"format": "date-time"})
+    updated_at: str = Field(description="RFC 3339, UTC.", json_schema_extra={"format": "date-time"})
     last_error: LastError | None = Field(None, description="The last failure; absent once sent.")
     failed_recipients: dict[str, str] | None = Field(
         None, description="Recipients the server refused for good, with its reply."

@@ -39,6 +39,11 @@ _CONTENT_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+")
 STRUCTURAL_HEADERS = frozenset(
     {"from", "to", "cc", "bcc", "reply-to", "subject", "date", "message-id", "mime-version"}
 )
+#: JSON Schema patterns for what the validators check (the schema says what it can; the
+#: server's checks stay the reference). No control or line-break characters:
+_NO_CONTROLS = "[^\x00-\x1f\x7f-\x9f\u2028\u2029]"
+SUBJECT_PATTERN = f"^{_NO_CONTROLS}*[^\\s\x00-\x1f\x7f-\x9f\u2028\u2029]{_NO_CONTROLS}*$"
+TEXT_PATTERN = f"^{_NO_CONTROLS}*$"
 MAX_SUBJECT_CHARS = 998  # RFC 5322's line limit; longer subjects are folded when built
 MAX_HEADER_VALUE_CHARS = 998
 MAX_HEADER_NAME_CHARS = 76  # leaves room for ": " and a folded value within 78 columns
@@ -119,7 +124,7 @@ def _as_list(value: Any) -> Any:
     return value
 
 
-_MAILBOX_SCHEMA = {
+_MAILBOX_SCHEMA: dict[str, Any] = {
     "type": "string",
     "description": 'An address, "addr" or "Name <addr>"; IDN domains are accepted.',
     "examples": ["Ada Lovelace <ada@example.com>"],
@@ -127,6 +132,7 @@ _MAILBOX_SCHEMA = {
 MailboxField = Annotated[
     Mailbox, PlainValidator(validate_mailbox), PlainSerializer(str), WithJsonSchema(_MAILBOX_SCHEMA)
 ]
+_NON_EMPTY_MAILBOX_LIST: dict[str, Any] = {"type": "array", "items": _MAILBOX_SCHEMA, "minItems": 1}
 MailboxList = Annotated[
     list[MailboxField],
     BeforeValidator(_as_list),
@@ -147,7 +153,10 @@ class Attachment(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     filename: str = Field(
-        min_length=1, max_length=MAX_FILENAME_CHARS, description="The name recipients see."
+        min_length=1,
+        max_length=MAX_FILENAME_CHARS,
+        description="The name recipients see.",
+        json_schema_extra={"pattern": TEXT_PATTERN, "examples": ["invoice.pdf"]},
     )
     content: Annotated[bytes, WithJsonSchema({"type": "string", "contentEncoding": "base64"})] = (
         Field(description="The file's bytes, base64-encoded (RFC 4648, no newlines).")
@@ -156,6 +165,10 @@ class Attachment(BaseModel):
         None,
         max_length=MAX_CONTENT_TYPE_CHARS,
         description="MIME type such as application/pdf; guessed from the filename if absent.",
+        json_schema_extra={
+            "pattern": f"^{_CONTENT_TYPE.pattern}$",
+            "examples": ["application/pdf"],
+        },
     )
 
     @field_validator("filename")
@@ -222,7 +235,11 @@ class SendRequest(BaseModel):
         validate_default=True,
         description="The sender; required unless the server has TRIMAIL_DEFAULT_FROM.",
     )
-    to: MailboxList = Field(min_length=1, description="Recipients; at least one.")
+    to: MailboxList = Field(
+        min_length=1,
+        description="Recipients; at least one.",
+        json_schema_extra={"anyOf": [_MAILBOX_SCHEMA, _NON_EMPTY_MAILBOX_LIST]},
+    )
     cc: MailboxList = Field(default_factory=list, description="Copy recipients.")
     bcc: MailboxList = Field(
         default_factory=list, description="Hidden recipients: they never appear in the headers."
@@ -231,8 +248,17 @@ class SendRequest(BaseModel):
     subject: str = Field(
         max_length=MAX_SUBJECT_CHARS,
         description="Not blank; no control or line-break characters.",
+        json_schema_extra={
+            "minLength": 1,
+            "pattern": SUBJECT_PATTERN,
+            "examples": ["Your order has shipped"],
+        },
     )
-    text: str | None = Field(None, description="Plain-text body; give text, html or both.")
+    text: str | None = Field(
+        None,
+        description="Plain-text body; give text, html or both.",
+        json_schema_extra={"examples": ["Hello Ada,\n\nyour order is on its way."]},
+    )
     html: str | None = Field(None, description="HTML body; give text, html or both.")
     headers: dict[str, str] = Field(
         default_factory=dict,
@@ -240,6 +266,15 @@ class SendRequest(BaseModel):
         description=f"At most {MAX_HEADERS} extra headers. Names are RFC 5322 field names; "
         "From, To, Cc, Bcc, Reply-To, Subject, Date, Message-ID, MIME-Version and Content-* "
         "are refused.",
+        json_schema_extra={
+            "propertyNames": {"pattern": "^[!-9;-~]+$", "maxLength": MAX_HEADER_NAME_CHARS},
+            "additionalProperties": {
+                "type": "string",
+                "pattern": TEXT_PATTERN,
+                "maxLength": MAX_HEADER_VALUE_CHARS,
+            },
+            "examples": [{"X-Campaign": "spring-sale"}],
+        },
     )
     attachments: list[Attachment] = Field(
         default_factory=list,

@@ -70,6 +70,8 @@ def route_label(path: str) -> str:
         return path
     if path.startswith("/email/"):
         return "/email/{job_id}"
+    if path.startswith("/docs/assets/"):
+        return "/docs/assets/{name}"
     return "unmatched"
 
 

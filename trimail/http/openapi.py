@@ -1,7 +1,8 @@
 """The OpenAPI 3.1 document, generated from the same pydantic models that validate requests.
 
-Built once per app. ``render_html`` turns it into a plain page for ``/docs``
-that needs no JavaScript and no network.
+Built once per app. ``render_html`` turns it into the page for ``/docs``
+(Swagger UI from local assets, and a plain reference for readers without
+JavaScript).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pydantic import BaseModel
 from ..answers import Accepted, BatchAccepted, ErrorBody, Health, JobStatus, Ready
 from ..errors import error_codes
 from ..models import MAX_BATCH, SendRequest
+from .docs import ASSETS, docs_page
 from .idempotency import MAX_KEY_CHARS
 
 REF = "#/components/schemas/{model}"
@@ -32,7 +34,8 @@ SUBMIT_ERRORS = {
 }
 STATUS_ERRORS = {401: ["unauthorized"], 404: ["not_found"], 503: ["store_unavailable"]}
 METRICS_ERRORS = {401: ["unauthorized"]}
-READY_ERRORS = {503: ["queue_full", "shutting_down", "store_unavailable"]}
+READY_ERRORS = {503: ["queue_full", "shutting_down", "store_unavailable", "provider_unavailable"]}
+DOCS_ERRORS = {404: ["not_found"]}
 STATUS_TEXT = {
     200: "OK", 202: "Accepted", 400: "Bad request", 401: "Unauthorized", 404: "Not found",
     408: "Request timeout", 409: "Conflict", 413: "Payload too large",
@@ -63,12 +66,7 @@ class _Builder:
     def errors(self, by_status: dict[int, list[str]]) -> dict[str, Any]:
         answers = {}
         for status, codes in by_status.items():
-            schema = {
-                "allOf": [
-                    self.ref(ErrorBody),
-                    {"properties": {"error": {"properties": {"code": {"enum": codes}}}}},
-                ]
-            }
+            schema = self.ref(ErrorBody)  # one error type for every answer; codes listed below
             extra: dict[str, Any] = {}
             if status == 503:
                 extra["headers"] = {
@@ -89,8 +87,33 @@ IDEMPOTENCY_KEY = {
     "required": False,
     "description": "Makes retries safe: the same key with the same body within 24 h returns "
     "the first answer and queues nothing again.",
-    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_CHARS},
+    "schema": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_KEY_CHARS,
+        "pattern": f"^[!-~]{{1,{MAX_KEY_CHARS}}}$",
+        "examples": ["order-1042-confirmation"],
+    },
 }
+#: Headers of a 202.
+ACCEPTED_HEADERS = {
+    "Idempotent-Replayed": {
+        "description": "true when the answer is the stored one of an earlier request with "
+        "the same Idempotency-Key (nothing new was queued).",
+        "schema": {"type": "string", "enum": ["true"]},
+    },
+}
+LOCATION = {
+    "Location": {
+        "description": "The job's status: GET /email/{id}.",
+        "schema": {"type": "string", "format": "uri-reference"},
+    }
+}
+TAGS = [
+    {"name": "email", "description": "Send mail and follow each job."},
+    {"name": "operations", "description": "Health, readiness and metrics."},
+    {"name": "documentation", "description": "This document, for programs and people."},
+]
 
 
 def build_openapi(version: str) -> dict[str, Any]:
@@ -103,6 +126,7 @@ def build_openapi(version: str) -> dict[str, Any]:
         "/email/send": {
             "post": {
                 "operationId": "send_email",
+                "tags": ["email"],
                 "summary": "Send one email",
                 "description": "Validates the message and queues it; answers 202 at once. "
                 "Delivery happens in the background; follow it with GET /email/{id}.",
@@ -111,12 +135,27 @@ def build_openapi(version: str) -> dict[str, Any]:
                     "required": True,
                     "content": {"application/json": {"schema": message}},
                 },
-                "responses": {"202": b.json("Queued.", b.ref(Accepted)), **b.errors(SUBMIT_ERRORS)},
+                "responses": {
+                    "202": b.json(
+                        "Queued.",
+                        b.ref(Accepted),
+                        headers={**LOCATION, **ACCEPTED_HEADERS},
+                        links={
+                            "status": {
+                                "operationId": "email_status",
+                                "parameters": {"job_id": "$response.body#/id"},
+                                "description": "Follow the job.",
+                            }
+                        },
+                    ),
+                    **b.errors(SUBMIT_ERRORS),
+                },
             }
         },
         "/email/batch": {
             "post": {
                 "operationId": "send_batch",
+                "tags": ["email"],
                 "summary": f"Send 1 to {MAX_BATCH} emails",
                 "description": "All-or-nothing: every message is validated (errors name the "
                 "item index, as [3].to[0]) and all are queued, or none is.",
@@ -126,7 +165,9 @@ def build_openapi(version: str) -> dict[str, Any]:
                     "content": {"application/json": {"schema": batch}},
                 },
                 "responses": {
-                    "202": b.json("Queued, ids in order.", b.ref(BatchAccepted)),
+                    "202": b.json(
+                        "Queued, ids in order.", b.ref(BatchAccepted), headers=ACCEPTED_HEADERS
+                    ),
                     **b.errors(SUBMIT_ERRORS),
                 },
             }
@@ -134,11 +175,17 @@ def build_openapi(version: str) -> dict[str, Any]:
         "/email/{job_id}": {
             "get": {
                 "operationId": "email_status",
+                "tags": ["email"],
                 "summary": "Status of a job",
                 "description": "Only the API key that created the job can read it. Finished "
                 "jobs are kept for TRIMAIL_STATUS_TTL (24 h by default).",
                 "parameters": [
-                    {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+                    {
+                        "name": "job_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+                    }
                 ],
                 "responses": {
                     "200": b.json("The job.", b.ref(JobStatus)),
@@ -149,6 +196,7 @@ def build_openapi(version: str) -> dict[str, Any]:
         "/healthz": {
             "get": {
                 "operationId": "healthz",
+                "tags": ["operations"],
                 "summary": "Liveness, queue depth and workers",
                 "security": public,
                 "responses": {"200": b.json("Alive.", b.ref(Health))},
@@ -157,6 +205,7 @@ def build_openapi(version: str) -> dict[str, Any]:
         "/readyz": {
             "get": {
                 "operationId": "readyz",
+                "tags": ["operations"],
                 "summary": "Ready to accept mail",
                 "security": public,
                 "responses": {"200": b.json("Ready.", b.ref(Ready)), **b.errors(READY_ERRORS)},
@@ -165,6 +214,7 @@ def build_openapi(version: str) -> dict[str, Any]:
         "/metrics": {
             "get": {
                 "operationId": "metrics",
+                "tags": ["operations"],
                 "summary": "Prometheus metrics",
                 "description": "Needs an API key or TRIMAIL_METRICS_KEY when either is set.",
                 "responses": {
@@ -179,6 +229,7 @@ def build_openapi(version: str) -> dict[str, Any]:
         "/openapi.json": {
             "get": {
                 "operationId": "openapi",
+                "tags": ["documentation"],
                 "summary": "This document",
                 "security": public,
                 "responses": {"200": b.json("OpenAPI 3.1.", {"type": "object"})},
@@ -187,13 +238,42 @@ def build_openapi(version: str) -> dict[str, Any]:
         "/docs": {
             "get": {
                 "operationId": "docs",
+                "tags": ["documentation"],
                 "summary": "This document, as a web page",
+                "description": "Swagger UI, served with its assets from trimail itself (no "
+                "CDN); a plain reference without JavaScript.",
                 "security": public,
                 "responses": {
                     "200": {
                         "description": "HTML.",
                         "content": {"text/html": {"schema": {"type": "string"}}},
                     }
+                },
+            }
+        },
+        "/docs/assets/{name}": {
+            "get": {
+                "operationId": "docs_asset",
+                "tags": ["documentation"],
+                "summary": "A file of the web page (Swagger UI)",
+                "security": public,
+                "parameters": [
+                    {
+                        "name": "name",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "enum": sorted(ASSETS)},
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The file.",
+                        "content": {
+                            content_type.partition(";")[0]: {"schema": {"type": "string"}}
+                            for content_type in sorted(set(ASSETS.values()))
+                        },
+                    },
+                    **b.errors(DOCS_ERRORS),
                 },
             }
         },
@@ -209,6 +289,7 @@ def build_openapi(version: str) -> dict[str, Any]:
             "(202), and delivered over SMTP in the background with retries. Every error is "
             '{"error": {"code", "message", "details"?}}; the codes are: ' + ", ".join(codes) + ".",
         },
+        "tags": TAGS,
         "paths": paths,
         "components": {
             "schemas": b.schemas,
@@ -226,14 +307,16 @@ def build_openapi(version: str) -> dict[str, Any]:
 
 
 def render_html(document: dict[str, Any]) -> str:
-    """A readable page of the document: routes, request fields with rules, answers."""
+    """The ``/docs`` page: Swagger UI, with the plain reference for readers without JS."""
+    return docs_page(f"trimail {html.escape(document['info']['version'])} API",
+                     render_reference(document))  # fmt: skip
+
+
+def render_reference(document: dict[str, Any]) -> str:
+    """A readable reference of the document: routes, request fields with rules, answers."""
     e = html.escape
     schemas = document["components"]["schemas"]
     parts = [
-        "<!doctype html><meta charset=utf-8><title>trimail API</title>",
-        "<style>body{font:15px/1.5 system-ui,sans-serif;max-width:60em;margin:2em auto}"
-        "code{background:#f4f4f4}td,th{text-align:left;vertical-align:top;padding:.2em .6em}"
-        "</style>",
         f"<h1>trimail {e(document['info']['version'])}</h1>",
         f"<p>{e(document['info']['description'])}</p>",
         '<p>Machine-readable: <a href="/openapi.json">/openapi.json</a>.</p>',

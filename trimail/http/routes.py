@@ -17,6 +17,7 @@ from werkzeug.routing import BaseConverter
 from .. import errors
 from ..config import Role
 from .body import shorten
+from .docs import asset
 from .gate import OWNER
 from .metrics import CONTENT_TYPE_LATEST
 from .sending import JSON_TYPE
@@ -135,8 +136,19 @@ async def openapi() -> Response:
 
 @operations.get("/docs")
 async def docs() -> Response:
-    """The OpenAPI document rendered for people."""
+    """The OpenAPI document rendered for people (Swagger UI; see trimail.http.docs)."""
     return Response(_app().docs_html, 200, content_type="text/html; charset=utf-8")
+
+
+@operations.get("/docs/assets/<name>")
+async def docs_asset(name: str) -> Response:
+    """One of Swagger UI's files, by name from a fixed list."""
+    found = asset(name)
+    if found is None:
+        raise errors.NotFound(f"no documentation asset {name!r}")
+    content, content_type = found
+    return Response(content, 200, content_type=content_type,
+                    headers={"Cache-Control": "public, max-age=86400"})  # fmt: skip
 
 
 def error_response(error: errors.HTTPError) -> Response:
