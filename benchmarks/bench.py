@@ -782,7 +782,9 @@ async def run_one(
                 profiler = None
                 if opts.py_spy:
                     raw = logdir / f"{stem}.raw"
-                    profiler = cpu_profile.record(server.pid, spec.duration, raw)
+                    profiler = cpu_profile.record(
+                        server.pid, spec.duration, raw, gil=opts.py_spy_gil
+                    )
                 async with trio.open_nursery() as sampler:
                     sampler.start_soon(monitor.run)
                     start, outcomes = await run_open_loop(
@@ -1480,6 +1482,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--py-spy", action="store_true", help="profile each server during its load (py-spy)"
+    )
+    parser.add_argument(
+        "--py-spy-gil",
+        action="store_true",
+        help="with --py-spy: only samples of the thread holding the GIL",
     )
     parser.add_argument(
         "--slow-delay", "--delay", type=float, default=1.0, help="slow sink: seconds per mail"

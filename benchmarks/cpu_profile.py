@@ -53,11 +53,17 @@ IDLE = re.compile(
 )
 
 
-def record(pid: int, seconds: float, path: Path, rate: int = 100) -> subprocess.Popen[bytes]:
-    """Start py-spy on ``pid`` for ``seconds``; wait on the returned process."""
+def record(
+    pid: int, seconds: float, path: Path, rate: int = 100, gil: bool = False
+) -> subprocess.Popen[bytes]:
+    """Start py-spy on ``pid`` for ``seconds``; wait on the returned process.
+
+    ``gil``: only samples of the thread holding the GIL (py-spy ``--gil``), which
+    says who competes for the one core Python code can use.
+    """
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     command = [py_spy, "record", "-p", str(pid), "-d", str(int(seconds)), "-r", str(rate),
-               "--threads", "-f", "raw", "-o", str(path)]  # fmt: skip
+               "--threads", "-f", "raw", "-o", str(path), *(["--gil"] if gil else [])]  # fmt: skip
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
