@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
@@ -28,6 +29,28 @@ from .sql import SQLStore
 #: Milliseconds a connection waits for another process's write to finish before
 #: the store counts as unavailable (a guess: far above a group commit's few ms).
 BUSY_TIMEOUT_MS = 10_000
+#: Seconds between tries of a statement SQLite refused at once as locked.
+LOCKED_RETRY_SECONDS = 0.01
+
+
+def _retry_while_locked(statement: Callable[[], object]) -> None:
+    """Run ``statement``, again while SQLite says the file is locked, for up to
+    :data:`BUSY_TIMEOUT_MS`.
+
+    Switching a new file to WAL needs the file to itself, and when several processes
+    open it at once (``hypercorn --workers 2``, or an API and a delivery instance
+    started together) SQLite answers "database is locked" at once, without waiting
+    in its busy handler, to avoid a deadlock between them.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            statement()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(LOCKED_RETRY_SECONDS)
 
 
 class SQLiteDriver:
@@ -48,7 +71,7 @@ class SQLiteDriver:
         connection = sqlite3.connect(
             self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
         )
-        connection.execute("PRAGMA journal_mode=WAL")
+        _retry_while_locked(lambda: connection.execute("PRAGMA journal_mode=WAL"))
         connection.execute("PRAGMA synchronous=FULL")
         connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         return connection
