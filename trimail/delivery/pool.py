@@ -39,7 +39,6 @@ class ConnectionPool:
         self._factory = factory
         self._idle: deque[tuple[float, Transport]] = deque()  # (idle since, transport)
         self._given_back = trio.Event()
-        self.opened = 0  # transports made, for tests and metrics
 
     def __len__(self) -> int:
         """Idle connections."""
@@ -49,7 +48,6 @@ class ConnectionPool:
         """The most recently used idle transport, else a new one (it connects on first use)."""
         if self._idle:
             return self._idle.pop()[1]
-        self.opened += 1
         return self._factory()
 
     def give_back(self, transport: Transport) -> None:

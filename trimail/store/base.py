@@ -19,7 +19,7 @@ Every method may be called from the event loop. What a store does in threads
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
@@ -37,8 +37,6 @@ class JobState(str, Enum):
     UNDELIVERED = "undelivered"
 
 
-#: States of a job that is not final yet: what admission counts.
-OPEN_STATES = frozenset({JobState.QUEUED, JobState.SENDING, JobState.RETRYING})
 FINAL_STATES = frozenset({JobState.SENT, JobState.FAILED, JobState.UNDELIVERED})
 
 
@@ -249,7 +247,3 @@ class JobStore(Protocol):
     async def aclose(self) -> None:
         """Close connections; the store is unusable afterwards."""
         ...
-
-
-#: Opens a store from its ``TRIMAIL_STORE`` URL (see :func:`trimail.store.open_store`).
-StoreOpener = Callable[[str, Limits], Awaitable[JobStore]]
